@@ -1,0 +1,314 @@
+"""Event → image reconstruction (recurrent U-Net, E2VID) and image → event translation (U-Net).
+
+E2VID (Rebecq et al., TPAMI 2019; code: uzh-rpg/rpg_e2vid model/unet.py, model/submodules.py,
+the released `E2VID_lightweight` configuration): a 5×5 head conv to `base` (32) channels;
+`num_encoders` (3) encoders, each a stride-2 5×5 conv (ReLU) followed by a ConvLSTM with a
+3×3 gate conv, doubling the channels (64, 128, 256 at strides 2, 4, 8); `num_residual_blocks`
+(2) residual blocks; decoders of ×2 bilinear upsampling + 5×5 conv (ReLU) halving channels,
+each fed the sum of the previous output and the matching encoder output; a 1×1 prediction
+conv on the sum with the head output; sigmoid. With 5 input bins this has 10 710 401
+parameters. No normalisation by default (`norm="none"`, as the released model). Parameter
+names follow rpg_e2vid's `UNetRecurrent` (`head.conv2d`, `encoders.{i}.recurrent_block.Gates`,
+`resblocks.{i}.conv1`, `decoders.{i}.conv2d`, `pred.conv2d`), so a released checkpoint's
+`unetrecurrent.*` entries load once that prefix is stripped.
+
+The recurrent state is explicit: `forward(x, state)` returns `(image, new_state)`; `state`
+is None for a fresh sequence (zeros), otherwise the list of `(hidden, cell)` pairs
+`(B, C_i, h_i, w_i)` returned by the previous step. `detach_state` cuts the graph for
+truncated back-propagation through time.
+
+The image → event translator (EvDistill's BMR image → event direction, CMESS's and ESS's
+need for event-like tensors from frames) is the same U-Net without recurrence and with a
+linear output by default, since event tensors are signed; its architecture is not published
+by those papers (unpublished: our choice). `ImageLatentEncoder` is ESS's image encoder
+(`StyleEncoderE2VID`, code: uzh-rpg/ess models/style_networks.py): a ResNet-18 stem without
+max-pool and its layers 1–3, giving latents with E2VID's channels at strides 2, 4, 8.
+
+Sides of any size are accepted: decoders upsample to the exact size of their skip. The U-Net
+builders initialise convs with PyTorch's default (uniform) scheme, as the reference code, since
+the networks have no normalisation layers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from evtransfer.models.heads import ActivationName, check_image, init_weights, make_activation
+from evtransfer.models.resnet import BasicBlock, make_layer
+
+Norm = Literal["none", "bn", "in"]
+State = list[tuple[Tensor, Tensor]]
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module | None:
+    if kind not in ("none", "bn", "in"):
+        raise ValueError(f"norm must be 'none', 'bn' or 'in', got {kind!r}")
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    return nn.InstanceNorm2d(channels, track_running_stats=True) if kind == "in" else None
+
+
+class _ConvLayer(nn.Module):
+    """k×k conv (bias unless batch norm) → optional norm → ReLU (or nothing). Named as
+    rpg_e2vid's `ConvLayer` (`conv2d`, `norm_layer`)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, norm: Norm,
+                 relu: bool = True) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=norm != "bn")
+        self.norm_layer = _norm(norm, cout)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv2d(x)
+        if self.norm_layer is not None:
+            x = self.norm_layer(x)
+        return F.relu(x) if self.relu else x
+
+
+class _UpsampleConvLayer(_ConvLayer):
+    """Bilinear upsampling to `size` (×2 for even sides) → `_ConvLayer`."""
+
+    def forward(self, x: Tensor, size: torch.Size) -> Tensor:
+        return super().forward(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+
+
+class _ResBlock(nn.Module):
+    """relu(x + norm(conv(relu(norm(conv(x)))))) with 3×3 convs (rpg_e2vid `ResidualBlock`)."""
+
+    def __init__(self, channels: int, norm: Norm) -> None:
+        super().__init__()
+        bias = norm != "bn"
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=bias)
+        self.bn1 = _norm(norm, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=bias)
+        self.bn2 = _norm(norm, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv1(x)
+        y = F.relu(y if self.bn1 is None else self.bn1(y))
+        y = self.conv2(y)
+        return F.relu(x + (y if self.bn2 is None else self.bn2(y)))
+
+
+class ConvLSTM(nn.Module):
+    """Convolutional LSTM cell: one k×k conv on [x, h] gives the input, forget, output and
+    cell gates (in that order); c' = f·c + i·tanh(g), h' = o·tanh(c').
+    `x` `(B, C_in, h, w)`, state `(hidden, cell)` each `(B, hidden, h, w)` or None (zeros)."""
+
+    def __init__(self, input_size: int, hidden_size: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.Gates = nn.Conv2d(input_size + hidden_size, 4 * hidden_size, kernel_size,
+                               padding=kernel_size // 2)  # named as in rpg_e2vid
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size, *x.shape[-2:])
+            state = (zeros, zeros)
+        hidden, cell = state
+        i, f, o, g = self.Gates(torch.cat([x, hidden], dim=1)).chunk(4, dim=1)
+        cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(cell), cell
+
+
+class _RecurrentEncoder(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, norm: Norm) -> None:
+        super().__init__()
+        self.conv = _ConvLayer(cin, cout, kernel, 2, norm)
+        self.recurrent_block = ConvLSTM(cout, cout, 3)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        new = self.recurrent_block(self.conv(x), state)
+        return new[0], new
+
+
+class UNet(nn.Module):
+    """Feed-forward E2VID-topology U-Net: `(B, in_chans, H, W)` → `(B, out_chans, H, W)`.
+
+    `forward_features(x)` returns the encoder outputs at strides 2, 4, … with
+    `feature_channels` (2·base, 4·base, …). The output passes through `final_activation`.
+    """
+
+    recurrent = False
+
+    def __init__(
+        self,
+        in_chans: int,
+        out_chans: int = 1,
+        base_channels: int = 32,
+        num_encoders: int = 3,
+        num_residual_blocks: int = 2,
+        kernel_size: int = 5,
+        norm: Norm = "none",
+        final_activation: ActivationName = "none",
+    ) -> None:
+        super().__init__()
+        if in_chans < 1 or out_chans < 1 or num_encoders < 1:
+            raise ValueError(f"in_chans, out_chans and num_encoders must be >= 1, got "
+                             f"{in_chans}, {out_chans}, {num_encoders}")
+        self.in_chans = in_chans
+        chans = [base_channels * 2**i for i in range(num_encoders + 1)]
+        self.head = _ConvLayer(in_chans, base_channels, kernel_size, 1, norm)
+        self.encoders = nn.ModuleList([self._encoder(chans[i], chans[i + 1], kernel_size, norm)
+                                       for i in range(num_encoders)])
+        self.resblocks = nn.Sequential(*[_ResBlock(chans[-1], norm)
+                                         for _ in range(num_residual_blocks)])
+        self.decoders = nn.ModuleList([_UpsampleConvLayer(c, c // 2, kernel_size, 1, norm)
+                                       for c in reversed(chans[1:])])
+        self.pred = _ConvLayer(base_channels, out_chans, 1, 1, norm, relu=False)
+        self.act = make_activation(final_activation)
+        self.feature_channels = tuple(chans[1:])
+        self.feature_strides = tuple(2**i for i in range(1, num_encoders + 1))
+
+    def _encoder(self, cin: int, cout: int, kernel: int, norm: Norm) -> nn.Module:
+        return _ConvLayer(cin, cout, kernel, 2, norm)
+
+    def _decode(self, head: Tensor, skips: list[Tensor]) -> Tensor:
+        x = self.resblocks(skips[-1])
+        targets = [head, *skips[:-1]]
+        for i, decoder in enumerate(self.decoders):
+            x = decoder(x + skips[-1 - i], targets[-1 - i].shape[-2:])
+        return self.act(self.pred(x + head))
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        check_image(x, self.in_chans)
+        skips, y = [], self.head(x)
+        for encoder in self.encoders:
+            y = encoder(y)
+            skips.append(y)
+        return skips
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_image(x, self.in_chans)
+        head = self.head(x)
+        skips, y = [], head
+        for encoder in self.encoders:
+            y = encoder(y)
+            skips.append(y)
+        return self._decode(head, skips)
+
+
+class RecurrentOutputs(NamedTuple):
+    """image `(B, out_chans, H, W)`, the new state, and the encoder latents (strides 2, 4, …)."""
+
+    image: Tensor
+    state: State
+    features: list[Tensor]
+
+
+class RecurrentUNet(UNet):
+    """E2VID: the U-Net with a ConvLSTM after every encoder conv.
+
+    `forward(x, state=None)` → `(image, new_state)`; `forward_features(x, state=None)` →
+    `(latents, new_state)` (ESS's event latents); `forward_all` → `RecurrentOutputs`.
+    """
+
+    recurrent = True
+
+    def _encoder(self, cin: int, cout: int, kernel: int, norm: Norm) -> nn.Module:
+        return _RecurrentEncoder(cin, cout, kernel, norm)
+
+    def _check_state(self, state: State | None, head: Tensor) -> None:
+        if state is None:
+            return
+        if len(state) != len(self.encoders):
+            raise ValueError(f"state must hold {len(self.encoders)} (hidden, cell) pairs, "
+                             f"got {len(state)}")
+        h, w = head.shape[-2:]
+        for i, (pair, c) in enumerate(zip(state, self.feature_channels, strict=True)):
+            h, w = (h + 1) // 2, (w + 1) // 2
+            want = (head.shape[0], c, h, w)
+            if len(pair) != 2 or any(tuple(t.shape) != want for t in pair):
+                raise ValueError(f"state[{i}] must be (hidden, cell) of shape {want}; the input "
+                                 f"size or batch changed — start a new sequence with state=None")
+
+    def _encode(self, x: Tensor, state: State | None) -> tuple[Tensor, list[Tensor], State]:
+        check_image(x, self.in_chans)
+        head = self.head(x)
+        self._check_state(state, head)
+        skips, new_state, y = [], [], head
+        for i, encoder in enumerate(self.encoders):
+            y, pair = encoder(y, None if state is None else state[i])
+            skips.append(y)
+            new_state.append(pair)
+        return head, skips, new_state
+
+    def forward_all(self, x: Tensor, state: State | None = None) -> RecurrentOutputs:
+        head, skips, new_state = self._encode(x, state)
+        return RecurrentOutputs(self._decode(head, skips), new_state, skips)
+
+    def forward_features(self, x: Tensor, state: State | None = None
+                         ) -> tuple[list[Tensor], State]:
+        _, skips, new_state = self._encode(x, state)
+        return skips, new_state
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        out = self.forward_all(x, state)
+        return out.image, out.state
+
+
+def detach_state(state: State | None) -> State | None:
+    """The same state cut from the autograd graph (truncated BPTT); None stays None."""
+    if state is None:
+        return None
+    return [(h.detach(), c.detach()) for h, c in state]
+
+
+class ImageLatentEncoder(nn.Module):
+    """ESS's image encoder: 7×7 stride-2 conv (no bias) → BN → ReLU → ResNet-18 layer1
+    (no max-pool) → layer2 → layer3. `forward_features(x)` / `forward(x)` return latents
+    `[(B, 64, H/2, W/2), (B, 128, H/4, W/4), (B, 256, H/8, W/8)]`."""
+
+    def __init__(self, in_chans: int = 1) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False),
+                                  nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        self.layers = nn.ModuleList([make_layer(BasicBlock, 64, 64, 2),
+                                     make_layer(BasicBlock, 64, 128, 2, stride=2),
+                                     make_layer(BasicBlock, 128, 256, 2, stride=2)])
+        self.feature_channels = (64, 128, 256)
+        self.feature_strides = (2, 4, 8)
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        check_image(x, self.in_chans)
+        y, out = self.stem(x), []
+        for layer in self.layers:
+            y = layer(y)
+            out.append(y)
+        return out
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.forward_features(x)
+
+
+def e2vid(in_chans: int = 5, out_chans: int = 1, base_channels: int = 32, num_encoders: int = 3,
+          num_residual_blocks: int = 2, norm: Norm = "none",
+          final_activation: ActivationName = "sigmoid", seed: int = 0) -> RecurrentUNet:
+    """E2VID recurrent U-Net (defaults: the released E2VID_lightweight configuration)."""
+    net = RecurrentUNet(in_chans, out_chans, base_channels, num_encoders, num_residual_blocks,
+                        5, norm, final_activation)
+    return init_weights(net, seed, conv="uniform")
+
+
+def img2event(in_chans: int = 1, out_chans: int = 5, base_channels: int = 32,
+              num_encoders: int = 3, num_residual_blocks: int = 2, norm: Norm = "none",
+              final_activation: ActivationName = "none", seed: int = 0) -> UNet:
+    """Image → event-tensor translator (E2VID-topology U-Net, linear output)."""
+    net = UNet(in_chans, out_chans, base_channels, num_encoders, num_residual_blocks, 5, norm,
+               final_activation)
+    return init_weights(net, seed, conv="uniform")
+
+
+def image_latent_encoder(in_chans: int = 1, seed: int = 0) -> ImageLatentEncoder:
+    """ESS's image encoder (latents at strides 2, 4, 8 with E2VID's channels)."""
+    return init_weights(ImageLatentEncoder(in_chans), seed)
+
+
+MODELS = {"e2vid": e2vid, "img2event": img2event, "image_latent_encoder": image_latent_encoder}

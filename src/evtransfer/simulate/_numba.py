@@ -1,0 +1,115 @@
+"""Optional numba kernels for the DVS simulator on the CPU (the torch code is the reference).
+
+Imported only when a `DvsSimulator` runs with backend "numba" (or "auto" on the CPU with
+numba installed) in the linear mode (no low-pass, leak, shot noise, hot pixels or jitter).
+One frame interval is three passes: over the pixels (threshold test against the linear bounds,
+logs only where it passes, reference and bound updates), over the crossings (timestamps,
+refractory check, a histogram of the (batch, time) keys), and a counting sort that writes the
+sorted x, y, t, p directly. The arithmetic repeats the torch path's expressions in the same
+order, so both give the same events (up to the last-ulp differences of log and exp).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def crossing_pixels(frame, prev, ref, upper, lower, cp, cn, eps, npix, dt,
+                    cand_idx, cand_n, cand_a, cand_b):
+    """Pass 1 over the flat (B·H·W,) pixels: fills the first m candidate slots with the pixel,
+    the crossing count signed by polarity, and offset coefficients a, b (crossing k at
+    round(a + k b)); updates ref, upper, lower and prev in place. Returns (m, total)."""
+    per_pixel = cp.shape[0] > 1
+    m = 0
+    total = 0
+    for q in range(frame.shape[0]):
+        i1 = frame[q]
+        if i1 >= upper[q] or i1 <= lower[q]:
+            j = q % npix if per_pixel else 0
+            r = ref[q]
+            d1 = np.log(i1 + eps) - r
+            d0 = np.log(prev[q] + eps) - r
+            c = cp[j] if d1 > 0 else cn[j]
+            n = int(np.floor(abs(d1) / c))
+            step = c if d1 > 0 else -c
+            new = r + step * n
+            ref[q] = new
+            upper[q] = np.exp(new + cp[j]) - eps
+            lower[q] = np.exp(new - cn[j]) - eps
+            if n > 0:
+                scale = dt / (d1 - d0)
+                cand_idx[m] = q
+                cand_n[m] = n if d1 > 0 else -n
+                cand_a[m] = -d0 * scale
+                cand_b[m] = step * scale
+                m += 1
+                total += n
+        prev[q] = i1
+    return m, total
+
+
+@numba.njit(cache=True, nogil=True)
+def crossing_events(cand_idx, cand_n, cand_a, cand_b, m, total, t0, dt, npix, batch,
+                    last, period):
+    """Pass 2: (pixel, offset, polarity) of every emitted crossing in generation order and the
+    histogram of keys b·(dt + 1) + offset, shifted by one. `period` < 0 disables the
+    refractory check; otherwise `last` holds each pixel's last event time and is updated."""
+    src = np.empty(total, np.int64)
+    off = np.empty(total, np.int64)
+    pol = np.empty(total, np.int8)
+    hist = np.zeros(batch * (dt + 1) + 1, np.int64)
+    e = 0
+    for i in range(m):
+        q = cand_idx[i]
+        a = cand_a[i]
+        b = cand_b[i]
+        base = (q // npix) * (dt + 1)
+        sign = 1 if cand_n[i] > 0 else -1
+        for k in range(1, abs(cand_n[i]) + 1):
+            o = np.rint(a + k * b)
+            if o != o or o < 0.0:
+                o = 0.0
+            elif o > dt:
+                o = float(dt)
+            value = int(o)
+            if period >= 0:
+                t = t0 + value
+                if t - last[q] < period:
+                    continue
+                last[q] = t
+            src[e] = q
+            off[e] = value
+            pol[e] = sign
+            hist[base + value + 1] += 1
+            e += 1
+    return src[:e], off[:e], pol[:e], hist
+
+
+@numba.njit(cache=True, nogil=True)
+def counting_sort(src, off, pol, hist, t0, dt, npix, width, batch):
+    """Pass 3: the events sorted by (batch, offset), stable, as x, y int16, t int64, p int8,
+    and the (batch + 1,) start index of every batch element's stream."""
+    for i in range(1, hist.shape[0]):
+        hist[i] += hist[i - 1]
+    starts = np.empty(batch + 1, np.int64)
+    for b in range(batch + 1):
+        starts[b] = hist[b * (dt + 1)]
+    n = src.shape[0]
+    x = np.empty(n, np.int16)
+    y = np.empty(n, np.int16)
+    t = np.empty(n, np.int64)
+    p = np.empty(n, np.int8)
+    for e in range(n):
+        q = src[e]
+        b = q // npix
+        key = b * (dt + 1) + off[e]
+        pos = hist[key]
+        hist[key] = pos + 1
+        local = q - b * npix
+        x[pos] = local % width
+        y[pos] = local // width
+        t[pos] = t0 + off[e]
+        p[pos] = pol[e]
+    return x, y, t, p, starts
