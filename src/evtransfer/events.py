@@ -29,7 +29,8 @@ def _as_int_array(name: str, values, dtype: np.dtype) -> np.ndarray:
         raise EventsError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.dtype == dtype:
         return arr
-    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
+    numeric = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)
+    if arr.size and not numeric:
         if not np.issubdtype(arr.dtype, np.floating):
             raise EventsError(f"{name} must be numeric, got dtype {arr.dtype}")
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
@@ -197,7 +198,8 @@ class Events:
         def conv(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
-        return TorchEvents(conv(self.x), conv(self.y), conv(self.t), conv(self.p), *self.sensor_size)
+        return TorchEvents(conv(self.x), conv(self.y), conv(self.t), conv(self.p),
+                           *self.sensor_size)
 
 
 class Spikes:
@@ -305,7 +307,8 @@ class Spikes:
         if not len(self):
             return 0.0
         if self.packed:
-            ones = int(np.unpackbits(self.data, axis=-1, bitorder="little")[..., : self.width].sum())
+            bits = np.unpackbits(self.data, axis=-1, bitorder="little")[..., : self.width]
+            ones = int(bits.sum(dtype=np.int64))
         else:
             ones = int(self.data.sum(dtype=np.int64))
         return ones / (len(self) * self.height * self.width)

@@ -75,6 +75,17 @@ CITYSCAPES_TO_DSEC11 = _lut(3)
 CITYSCAPES_TO_DDD17 = _lut(4)
 
 
+def _trainid_lut(column: int) -> np.ndarray:
+    lut = np.full(256, IGNORE, dtype=np.uint8)
+    for row in CITYSCAPES_CLASSES:
+        lut[row[2]] = row[column]
+    return lut
+
+
+TRAINID_TO_DSEC11 = _trainid_lut(3)  # 19 trainIds -> DSEC-11 (sky -> background)
+TRAINID_TO_DDD17 = _trainid_lut(4)  # 19 trainIds -> DDD17-6
+
+
 def map_labels(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Apply a 256-entry uint8 look-up table to a uint8 label map (returns a new array)."""
     label = np.asarray(label)

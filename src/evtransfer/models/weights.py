@@ -355,3 +355,21 @@ def _resolve(key_map: str | KeyMap) -> KeyMap:
         raise ValueError(f"unknown key_map {key_map!r}; expected a function or one of "
                          f"{sorted(KEY_MAPS)}")
     return KEY_MAPS[key_map]
+
+
+def load_adapted(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Load `state_dict` (e.g. another model's `state_dict()`) strictly into `model`, adapting
+    every conv weight that differs only in its input channels with `adapt_input_conv` (an RGB
+    or grayscale network initialising an event network). Returns the adapted keys."""
+    own = model.state_dict()
+    state = dict(state_dict)
+    adapted = []
+    for key, value in state.items():
+        target = own.get(key)
+        if (target is not None and value.ndim == 4 and target.ndim == 4
+                and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]
+                and value.shape[1] != target.shape[1]):
+            state[key] = adapt_input_conv(value, target.shape[1])
+            adapted.append(key)
+    model.load_state_dict(state)
+    return adapted

@@ -1,0 +1,114 @@
+"""Stages that several image → event transfer methods share, each cached in a stage folder
+keyed by its settings and seed (`stage_dir`), so a benchmark trains them once per seed:
+
+- the source model M_S: a segmenter supervised on labeled source images (RGB or grayscale);
+- the synthetic-event model M_T': initialised from M_S (stem adapted to the event channels)
+  and supervised on events simulated from the source (the VID2E baseline, CMESS's SPI);
+- an E2VID-style reconstruction network trained on simulated (window, frame) pairs, and the
+  reconstruct-then-segment path (the E2VID baseline, CMESS's T→S labeling path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from evtransfer.data.transfer import TransferData
+from evtransfer.engine.dense import (
+    FitConfig,
+    reconstruct,
+    segment,
+    stage_dir,
+    train_reconstructor,
+    train_segmenter,
+)
+from evtransfer.models import create_model
+from evtransfer.models.weights import load_adapted
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class StageConfig:
+    """Networks and budgets of the shared stages."""
+
+    segmenter: str = "segformer_b0"  # CMESS: SegFormer-B0 (3.71 M parameters)
+    reconstructor: str = "e2vid"  # CMESS / ESS: E2VID, frozen at labeling time
+    recon_base_channels: int = 16  # unpublished: our choice (E2VID uses 32; CPU budget)
+    source_gray: bool = True  # unpublished: our choice (reconstructions are gray, as in ESS)
+    source: FitConfig = field(default_factory=FitConfig)  # M_S
+    synthetic: FitConfig = field(default_factory=lambda: FitConfig(lr=5e-4))  # M_T' from M_S
+    recon: FitConfig = field(default_factory=FitConfig)
+    dice_weight: float = 0.0  # unpublished: our choice (CE only)
+
+
+def source_input(rgb: torch.Tensor, gray: bool) -> torch.Tensor:
+    """The source model's input: RGB (N, 3, H, W), or its luminance (N, 1, H, W)."""
+    if not gray:
+        return rgb
+    return (rgb * torch.tensor(_LUMA, dtype=rgb.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def train_source_model(data: TransferData, cfg: StageConfig, root: Path, seed: int, device,
+                       progress: bool) -> tuple[nn.Module, float]:
+    """M_S: the segmenter supervised on the labeled source images; (model, minutes)."""
+    x = source_input(data.source_rgb, cfg.source_gray)
+    model = create_model(cfg.segmenter, in_chans=x.shape[1], num_classes=data.num_classes,
+                         seed=seed).to(device)
+    run = stage_dir(root, "M_S", cfg.segmenter, cfg.source_gray, cfg.source, cfg.dice_weight,
+                    seed)
+    minutes = train_segmenter(model, x, data.source_label, cfg.source, run_dir=run, seed=seed,
+                              device=device, progress=progress, dice_weight=cfg.dice_weight)
+    return model, minutes
+
+
+def train_synthetic_model(m_s: nn.Module, data: TransferData, cfg: StageConfig, root: Path,
+                          seed: int, device, progress: bool) -> tuple[nn.Module, float]:
+    """M_T': initialised from M_S, supervised on synthetic windows E'_k; (model, minutes)."""
+    model = create_model(cfg.segmenter, in_chans=data.synth_x.shape[1],
+                         num_classes=data.num_classes, seed=seed).to(device)
+    load_adapted(model, m_s.state_dict())
+    run = stage_dir(root, "M_T", cfg.segmenter, cfg.source_gray, cfg.source, cfg.synthetic,
+                    cfg.dice_weight, seed)
+    minutes = train_segmenter(model, data.synth_x, data.synth_label, cfg.synthetic, run_dir=run,
+                              seed=seed, device=device, progress=progress,
+                              dice_weight=cfg.dice_weight)
+    return model, minutes
+
+
+def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed: int, device,
+                         progress: bool) -> tuple[nn.Module, float]:
+    """The E2VID-style network on simulated (window, frame) pairs; (model, minutes)."""
+    model = create_model(cfg.reconstructor, in_chans=data.synth_x.shape[1],
+                         base_channels=cfg.recon_base_channels).to(device)
+    run = stage_dir(root, "recon", cfg.reconstructor, cfg.recon_base_channels, cfg.recon, seed)
+    minutes = train_reconstructor(model, data.synth_x, data.synth_gray, cfg.recon, run_dir=run,
+                                  seed=seed, device=device, progress=progress)
+    return model, minutes
+
+
+@torch.no_grad()
+def reconstruct_images(recon: nn.Module, x: torch.Tensor, device, batch: int = 16) -> torch.Tensor:
+    """Images (N, 1, H, W) in [0, 1] reconstructed from event windows (N, C, H, W)."""
+    recon.eval()
+    out = [reconstruct(recon, x[i:i + batch].to(device)).clamp(0, 1).cpu()
+           for i in range(0, len(x), batch)]
+    return torch.cat(out)
+
+
+def recon_then_segment(recon: nn.Module, m_s: nn.Module, x: torch.Tensor, cfg: StageConfig,
+                       device) -> torch.Tensor:
+    """Class probabilities (N, C, H, W) of M_S on images reconstructed from windows x."""
+    images = reconstruct_images(recon, x, device)
+    return segment(m_s, images if cfg.source_gray else images.expand(-1, 3, -1, -1),
+                   device=device)
+
+
+def with_budget(cfg: StageConfig, steps: int) -> StageConfig:
+    """The same stages with every run shortened or lengthened to `steps` iterations."""
+    return replace(cfg, source=replace(cfg.source, steps=steps),
+                   synthetic=replace(cfg.synthetic, steps=steps),
+                   recon=replace(cfg.recon, steps=steps))

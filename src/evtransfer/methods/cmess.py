@@ -1,0 +1,162 @@
+"""CMESS: cross-modal event semantic segmentation by attention soft alignment.
+
+Xie, Gao, Guo, "Cross-modal Learning for Event-based Semantic Segmentation via Attention Soft
+Alignment", IEEE RA-L 9(3), 2024. No public code: the three stages follow the paper's text and
+framework figure (../shared/methods/cmess.md); every value the paper does not give is a config
+field marked `unpublished: our choice` and discussed in docs/methods/cmess.md.
+
+1. SPI, source-path initialisation: M_S (SegFormer-B0) is trained on the labeled source
+   images; events are simulated from the source (`data.synthetic`, the VID2E path) and M_T',
+   initialised from M_S, is trained on those synthetic windows E'_k with the source labels.
+2. TPL, target-path labeling (frozen models, inference only): real target windows go through
+   an E2VID-style reconstruction network to images I' and M_S (P_S), and directly through M_T'
+   (P_T); P* = λ·P_S + (1-λ)·P_T, pseudo-label = argmax P*, pixels below a confidence
+   threshold are ignored. Pseudo-labels and confidences are stored on disk.
+3. CML, cross-modal learning: one weight-sharing SegFormer-B0 (initialised from M_T') runs
+   three branches on unaligned pseudo-pairs (E_k real, E'_k synthetic): the target branch
+   (self-attention on E_k, pseudo-labels, L_t), the source branch (self-attention on E'_k,
+   source labels, L_s) and the source-target branch (queries from E_k, keys/values from E'_k:
+   cross-attention), whose prediction teaches the target branch (L_KD). L = L_s + L_t + L_KD.
+   Inference runs the target branch alone: a plain SegFormer-B0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from evtransfer.data.transfer import TransferData
+from evtransfer.engine.dense import (
+    FitConfig,
+    TensorDict,
+    fit,
+    hflip,
+    kd_loss,
+    segment,
+    segmentation_loss,
+    stage_dir,
+)
+from evtransfer.engine.loop import TrainState
+from evtransfer.engine.transfer import (
+    StageConfig,
+    recon_then_segment,
+    train_reconstruction,
+    train_source_model,
+    train_synthetic_model,
+)
+from evtransfer.methods.result import MethodResult
+from evtransfer.models import create_model
+
+
+@dataclass
+class CmessConfig:
+    """All stages; the shared SPI/reconstruction stages and each run's budget."""
+
+    stages: StageConfig = field(default_factory=StageConfig)  # M_S, M_T' and E2VID
+    fuse_lambda: float = 0.5  # unpublished: our choice (λ in P* = λ P_S + (1-λ) P_T)
+    confidence: float = 0.0  # unpublished: our choice (0: keep every pixel)
+    cml: FitConfig = field(default_factory=lambda: FitConfig(lr=5e-4))  # from M_T'
+    cross_stages: tuple[int, ...] = (2, 3)  # unpublished: our choice (the semantic stages)
+    kd_temperature: float = 2.0  # unpublished: our choice (Hinton's T)
+    kd_weight: float = 1.0  # paper: L = L_s + L_t + L_KD (unit weights)
+    source_weight: float = 1.0  # paper
+    target_weight: float = 1.0  # paper
+
+
+# --- stage 2: TPL ---------------------------------------------------------------------------
+def fuse(p_s: torch.Tensor, p_t: torch.Tensor, lam: float,
+         confidence: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-labels (N, H, W) int64 (255 below `confidence`) and their confidence (max of
+    P* = λ·P_S + (1-λ)·P_T) from class probabilities (N, C, H, W)."""
+    fused = lam * p_s + (1 - lam) * p_t
+    conf, label = fused.max(1)
+    return torch.where(conf >= confidence, label, torch.full_like(label, 255)), conf
+
+
+def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data: TransferData,
+                         cfg: CmessConfig, out: Path, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-labels of the unlabeled target windows, written to `out` (safetensors)."""
+    if out.exists():
+        saved = load_file(out)
+        return saved["label"].long(), saved["confidence"].float()
+    p_s = recon_then_segment(recon, m_s, data.target_x, cfg.stages, device)
+    p_t = segment(m_t, data.target_x, device=device)
+    label, conf = fuse(p_s, p_t, cfg.fuse_lambda, cfg.confidence)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    save_file({"label": label.to(torch.uint8), "confidence": conf.half()}, tmp)
+    tmp.replace(out)
+    return label, conf
+
+
+# --- stage 3: CML ---------------------------------------------------------------------------
+class PseudoPairs(Dataset):
+    """Unaligned pseudo-pairs: item i = target window i mod K (with its pseudo-label) and the
+    synthetic window perm[i] mod M (with its source label); length max(K, M)."""
+
+    def __init__(self, target_x, pseudo, synth_x, synth_label, seed: int):
+        self.t = TensorDict(x=target_x, y=pseudo)
+        self.s = TensorDict(x=synth_x, y=synth_label)
+        n = max(len(self.t), len(self.s))
+        self.perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.perm)
+
+    def __getitem__(self, i: int) -> dict:
+        t, s = self.t[i % len(self.t)], self.s[int(self.perm[i]) % len(self.s)]
+        return {"x_t": t["x"], "y_t": t["y"], "x_s": s["x"], "y_s": s["y"]}
+
+
+def cml_losses(model: nn.Module, batch: dict, cfg: CmessConfig) -> dict[str, torch.Tensor]:
+    """L = w_s·L_s + w_t·L_t + w_kd·L_KD of one pseudo-pair batch (see the module docstring)."""
+    out = model.forward_branches(batch["x_t"], batch["x_s"], cfg.cross_stages)
+    target, source, cross = out.q_self, out.kv_self, out.cross
+    dice = cfg.stages.dice_weight
+    l_t = segmentation_loss(target, batch["y_t"], dice_weight=dice)
+    l_s = segmentation_loss(source, batch["y_s"], dice_weight=dice)
+    l_kd = kd_loss(target, cross, cfg.kd_temperature)
+    loss = cfg.target_weight * l_t + cfg.source_weight * l_s + cfg.kd_weight * l_kd
+    return {"loss": loss, "l_t": l_t.detach(), "l_s": l_s.detach(), "l_kd": l_kd.detach()}
+
+
+def cross_modal_learning(m_t: nn.Module, pseudo: torch.Tensor, data: TransferData,
+                         cfg: CmessConfig, run_dir: Path, seed: int, device,
+                         progress: bool) -> tuple[nn.Module, float]:
+    """The weight-sharing triple-branch model, initialised from M_T'."""
+    model = create_model(cfg.stages.segmenter, in_chans=data.target_x.shape[1],
+                         num_classes=data.num_classes, seed=seed).to(device)
+    model.load_state_dict(m_t.state_dict())
+
+    def step(batch: dict, state: TrainState) -> dict:
+        # one flip per pair flips both windows; they are unaligned, so that is no constraint
+        return cml_losses(state.modules["model"], hflip(batch, state.generators["aug"]), cfg)
+
+    pairs = PseudoPairs(data.target_x, pseudo, data.synth_x, data.synth_label, seed)
+    minutes = fit({"model": model}, pairs, step, cfg.cml, run_dir=run_dir, seed=seed,
+                  device=device, progress=progress)
+    return model, minutes
+
+
+# --- all stages -----------------------------------------------------------------------------
+def train_cmess(data: TransferData, cfg: CmessConfig, root: str | Path, *, seed: int = 0,
+                device: str | torch.device = "cpu", progress: bool = True) -> MethodResult:
+    """Run SPI, TPL and CML in `root` (stages whose outputs exist are skipped; a killed run
+    resumes). The result predicts with the target branch alone."""
+    root, device = Path(root), torch.device(device)
+    m_s, t_s = train_source_model(data, cfg.stages, root, seed, device, progress)
+    m_t, t_t = train_synthetic_model(m_s, data, cfg.stages, root, seed, device, progress)
+    recon, t_r = train_reconstruction(data, cfg.stages, root, seed, device, progress)
+    tpl = stage_dir(root, "TPL", cfg.stages, cfg.fuse_lambda, cfg.confidence, seed)
+    pseudo, _ = target_path_labeling(m_s, m_t, recon, data, cfg, tpl / "pseudo.safetensors",
+                                     device)
+    cml_dir = stage_dir(root, "CML", cfg, seed)
+    model, t_c = cross_modal_learning(m_t, pseudo, data, cfg, cml_dir, seed, device, progress)
+    model.eval()
+    minutes = {"M_S": t_s, "M_T": t_t, "recon": t_r, "CML": t_c}
+    return MethodResult(lambda x: segment(model, x, device=device), model, minutes)
