@@ -40,6 +40,10 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
     p.add_argument("--quick", action="store_true", help="a shorter run (about 2 minutes)")
     p.add_argument("--world", default=None, help="world folder (default: OUT/world)")
+    p.add_argument("--preset", default="small", choices=("tiny", "small", "full"),
+                   help="world preset built when the folder is empty (default: small)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="iterations per training run (default 400; 150 with --quick)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.set_defaults(run=_run_demo)
 
@@ -47,7 +51,8 @@ def _add_demo(sub) -> None:
 def _run_demo(args) -> int:
     from evtransfer.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device, world=args.world)
+    run_demo(args.out, quick=args.quick, device=args.device, world=args.world,
+             world_preset=args.preset, steps=args.steps)
     return 0
 
 

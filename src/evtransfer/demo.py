@@ -38,14 +38,17 @@ def demo_config(steps: int) -> TransferBenchConfig:
 
 
 def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str = "cpu",
-             world: str | Path | None = None) -> dict:
-    """Run the demo into `out`; returns the report dict."""
+             world: str | Path | None = None, world_preset: str = "small",
+             steps: int | None = None) -> dict:
+    """Run the demo into `out` (world in `world`, default out/world, built from `world_preset`
+    if absent; `steps` per training run, default 400, or 150 with `quick`); returns the report
+    dict."""
     out = Path(out)
     start = time.perf_counter()
     world = Path(world) if world is not None else out / "world"
-    print(f"[1/3] embedded world (small preset) in {world}")
-    build_world(preset("small"), world, device=device)
-    steps = 150 if quick else 400
+    print(f"[1/3] embedded world ({world_preset} preset) in {world}")
+    build_world(preset(world_preset), world, device=device)
+    steps = steps or (150 if quick else 400)
     print(f"[2/3] training {', '.join(METHODS)} ({steps} steps per run)")
     cfg = demo_config(steps)
     summary, runs = run_transfer(world, METHODS, [0], out / "bench", cfg, device=device)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import Dataset
 
 from evtransfer.data._common import Representation, Sample, Transform, finish, require_dir
@@ -28,16 +27,10 @@ from evtransfer.io.spike import read_spike_dat
 LABEL_SPACES = ("dsec11", "cityscapes19", "ddd17")
 
 
-def world_config(root: str | Path) -> dict:
-    """The resolved world config (`world.yaml`) of a built world, as a dict."""
-    path = Path(root) / "world.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{root} is not a built world (no world.yaml); run "
-                                "`evtransfer world build --out {root}` first")
-    return yaml.safe_load(path.read_text())
-
-
 def _sequences(root: Path, domain: str) -> list[Path]:
+    if not (root / "world.yaml").is_file():
+        raise FileNotFoundError(f"{root} is not a built world (no world.yaml); run "
+                                f"`evtransfer world build --out {root}` first")
     folder = require_dir(root / domain, f"world domain '{domain}'")
     seqs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.endswith(".partial"))
     if not seqs:

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from evtransfer.engine.dense import (
+    FitConfig,
+    TensorDict,
+    dice_loss,
+    evaluate_segmentation,
+    fit,
+    hflip,
+    kd_loss,
+    segmentation_loss,
+    stage_dir,
+    train_segmenter,
+)
+
+
+def test_dice_matches_a_numpy_reference():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, generator=gen)
+    target = torch.randint(0, 3, (2, 4, 5), generator=gen)
+    target[0, 0, :2] = 255
+    p = logits.softmax(1).numpy().astype(np.float64)
+    valid = (target != 255).numpy()[:, None]
+    g = np.stack([(target.numpy() == c) for c in range(3)], 1) * valid
+    p = p * valid
+    per_class = [1 - (2 * (p[:, c] * g[:, c]).sum() + 1)
+                 / ((p[:, c] ** 2).sum() + g[:, c].sum() + 1) for c in range(3)]
+    assert float(dice_loss(logits, target)) == pytest.approx(np.mean(per_class), rel=1e-5)
+
+
+def test_segmentation_loss_upsamples_and_ignores():
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 1] = 10.0
+    target = torch.full((1, 4, 4), 1)
+    assert float(segmentation_loss(logits, target)) < 1e-3
+    target[:] = 255
+    target[0, 0, 0] = 0
+    assert float(segmentation_loss(logits, target)) == pytest.approx(10.0, abs=1e-3)
+
+
+def test_kd_loss_is_zero_for_equal_logits_and_scales_with_t_squared():
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 4, 3, 3, generator=gen), torch.randn(2, 4, 3, 3, generator=gen)
+    assert float(kd_loss(a, a)) == pytest.approx(0.0, abs=1e-6)
+    q = b.softmax(1)
+    kl = (q * (q.log() - a.log_softmax(1))).sum(1).mean()
+    assert float(kd_loss(a, b, temperature=1.0)) == pytest.approx(float(kl), rel=1e-5)
+    student = a.clone().requires_grad_()
+    teacher = b.clone().requires_grad_()
+    kd_loss(student, teacher, 2.0).backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+def test_hflip_flips_every_tensor_of_a_sample_alike():
+    x = torch.arange(2 * 3 * 4.0).view(2, 1, 3, 4)
+    batch = hflip({"x": x, "y": x[:, 0].long()}, torch.Generator().manual_seed(3))
+    for i in range(2):
+        flipped = torch.equal(batch["x"][i], x[i].flip(-1))
+        assert flipped or torch.equal(batch["x"][i], x[i])
+        assert torch.equal(batch["y"][i], batch["x"][i, 0].long())
+
+
+def test_stage_dir_is_keyed_by_config(tmp_path):
+    a = stage_dir(tmp_path, "M_S", FitConfig(steps=3), 0)
+    assert a == stage_dir(tmp_path, "M_S", FitConfig(steps=3), 0)
+    assert a != stage_dir(tmp_path, "M_S", FitConfig(steps=4), 0)
+    assert a != stage_dir(tmp_path, "M_S", FitConfig(steps=3), 1)
+
+
+def test_fit_learns_then_a_finished_run_is_reused(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 2, 8, 8, generator=gen)
+    y = (x[:, 0] > 0).long()  # learnable from the input pixel by pixel
+    model = torch.nn.Conv2d(2, 2, 1)
+    cfg = FitConfig(steps=60, batch=8, lr=5e-2, warmup_steps=2, ckpt_every=0, log_every=10)
+    minutes = train_segmenter(model, x, y, cfg, run_dir=tmp_path / "run", seed=0,
+                              device=torch.device("cpu"), progress=False)
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean()
+    assert acc > 0.9
+    assert json.loads((tmp_path / "run/done.json").read_text())["steps"] == 60
+    again = torch.nn.Conv2d(2, 2, 1)
+    reused = fit({"model": again}, TensorDict(x=x, y=y), None, cfg, run_dir=tmp_path / "run",
+                 seed=0, device=torch.device("cpu"), progress=False)
+    assert reused == minutes and torch.equal(again.weight, model.weight)
+
+
+def test_evaluate_segmentation_counts_absent_classes_as_zero():
+    pred = torch.tensor([[[0, 1], [1, 1]]])
+    label = torch.tensor([[[0, 1], [1, 255]]])
+    scores = evaluate_segmentation(pred, label, 3)
+    assert scores["acc"] == pytest.approx(100.0)
+    assert scores["miou"] == pytest.approx(200.0 / 3)
