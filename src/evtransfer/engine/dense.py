@@ -25,6 +25,7 @@ from evtransfer.engine.schedules import cosine_schedule
 from evtransfer.metrics import ConfusionMatrix, segmentation_scores
 
 IGNORE = 255
+_NOT_IDENTITY = ("log_every", "ckpt_every")  # how a run is logged does not change its result
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE,
@@ -187,9 +188,14 @@ def evaluate_segmentation(pred: torch.Tensor, labels: torch.Tensor, num_classes:
 
 def stage_dir(root: str | Path, name: str, *config) -> Path:
     """`root/name-<hash>`: a stage's run folder keyed by its config, so methods that share a
-    stage with the same settings (and seed) reuse its outputs instead of retraining."""
-    blob = json.dumps([asdict(c) if is_dataclass(c) else c for c in config], sort_keys=True,
-                      default=str)
+    stage with the same settings (and seed) reuse its outputs instead of retraining. Logging
+    and checkpoint frequencies are not part of the key."""
+    def key(c):
+        if not is_dataclass(c):
+            return c
+        return {k: v for k, v in asdict(c).items() if k not in _NOT_IDENTITY}
+
+    blob = json.dumps([key(c) for c in config], sort_keys=True, default=str)
     return Path(root) / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

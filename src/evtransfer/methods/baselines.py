@@ -5,8 +5,8 @@
   baseline (Gehrig et al., CVPR 2020) and CMESS's stage-1 model.
 - `recon_source`: real target events → E2VID-style reconstruction → the source model M_S
   (the "E2VID → image model" row of ESS's table).
-- `oracle`: the segmenter supervised on the target's own labels (train split): the upper bound
-  no transfer method can use.
+- `oracle`: the segmenter supervised on the target's own labels (train split), from the same
+  source-model initialisation: the upper bound no transfer method can use.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from evtransfer.engine.transfer import (
 )
 from evtransfer.methods.result import MethodResult
 from evtransfer.models import create_model
+from evtransfer.models.weights import load_adapted
 
 
 @dataclass
@@ -60,14 +61,20 @@ def recon_source(data: TransferData, cfg: BaselineConfig, root: str | Path, *, s
 def oracle(data: TransferData, cfg: BaselineConfig, root: str | Path, *, seed: int = 0,
            device: str | torch.device = "cpu", progress: bool = True,
            labels: torch.Tensor | None = None) -> MethodResult:
-    """The segmenter supervised on target labels (`labels`: the train split's, (K, H, W))."""
+    """The segmenter supervised on target labels (`labels`: the train split's, (K, H, W)),
+    initialised from the source model M_S like every method (our stand-in for the ImageNet
+    initialisation of the papers' supervised rows)."""
     if labels is None:
         raise ValueError("the oracle needs the target train labels")
-    device = torch.device(device)
+    device, root = torch.device(device), Path(root)
+    m_s, t_s = train_source_model(data, cfg.stages, root, seed, device, progress)
     model = create_model(cfg.stages.segmenter, in_chans=data.target_x.shape[1],
                          num_classes=data.num_classes, seed=seed).to(device)
-    run = stage_dir(root, "oracle", cfg.stages.segmenter, cfg.oracle, seed)
+    load_adapted(model, m_s.state_dict())
+    run = stage_dir(root, "oracle", cfg.stages.segmenter, cfg.stages.source_gray,
+                    cfg.stages.source, cfg.oracle, seed)
     minutes = train_segmenter(model, data.target_x, labels, cfg.oracle, run_dir=run, seed=seed,
                               device=device, progress=progress,
                               dice_weight=cfg.stages.dice_weight)
-    return MethodResult(lambda x: segment(model, x, device=device), model, {"oracle": minutes})
+    return MethodResult(lambda x: segment(model, x, device=device), model,
+                        {"M_S": t_s, "oracle": minutes})

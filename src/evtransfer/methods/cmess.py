@@ -58,8 +58,8 @@ class CmessConfig:
     """All stages; the shared SPI/reconstruction stages and each run's budget."""
 
     stages: StageConfig = field(default_factory=StageConfig)  # M_S, M_T' and E2VID
-    fuse_lambda: float = 0.5  # unpublished: our choice (λ in P* = λ P_S + (1-λ) P_T)
-    confidence: float = 0.0  # unpublished: our choice (0: keep every pixel)
+    fuse_lambda: float = 0.2  # unpublished: our choice (λ in P* = λ P_S + (1-λ) P_T)
+    confidence: float = 0.7  # unpublished: our choice (pixels with max P* below: ignored)
     cml: FitConfig = field(default_factory=lambda: FitConfig(lr=5e-4))  # from M_T'
     cross_stages: tuple[int, ...] = (2, 3)  # unpublished: our choice (the semantic stages)
     kd_temperature: float = 2.0  # unpublished: our choice (Hinton's T)
