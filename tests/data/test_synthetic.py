@@ -1,7 +1,8 @@
 import torch
 
-from evtransfer.data.synthetic import SyntheticConfig, synthesize, to_gray
+from evtransfer.data.synthetic import SyntheticConfig, synthesize
 from evtransfer.data.world import WorldSource
+from evtransfer.simulate import luminance
 
 
 def test_motion_windows_are_labeled_and_inside_the_window(tiny_world):
@@ -28,4 +29,4 @@ def test_video_windows_lie_between_consecutive_frames(tiny_world):
     t = [source[i]["t_us"] for i in range(len(source))]
     for k, ev in enumerate(syn.events[:5], start=1):
         assert len(ev) == 0 or (ev.t.min() > t[k - 1] and ev.t.max() <= t[k])
-    torch.testing.assert_close(syn.images[0], to_gray(source[1]["rgb"]))
+    torch.testing.assert_close(syn.images[0], luminance(source[1]["rgb"]))

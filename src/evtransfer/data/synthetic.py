@@ -20,10 +20,15 @@ import torch
 from tqdm import tqdm
 
 from evtransfer.events import Events
-from evtransfer.simulate import DvsConfig, DvsSimulator, dvs_preset, interpolate_frames, warp
+from evtransfer.simulate import (
+    DvsConfig,
+    DvsSimulator,
+    dvs_preset,
+    interpolate_frames,
+    luminance,
+    warp,
+)
 from evtransfer.simulate.motion import random_motion
-
-_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 weights: RGB -> sensor intensity
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,6 @@ class SyntheticSet:
 
     def __len__(self) -> int:
         return len(self.events)
-
-
-def to_gray(rgb: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) RGB in [0, 1] -> (..., H, W) intensity."""
-    return torch.einsum("...chw,c->...hw", rgb, _LUMA.to(rgb.device, rgb.dtype))
 
 
 def _simulate(frames: torch.Tensor, t_us: torch.Tensor, cfg: SyntheticConfig, seed: int,
@@ -99,7 +99,7 @@ def _motion(source, cfg: SyntheticConfig, device, progress: bool) -> SyntheticSe
                                  generator=cfg.seed * 1_000_003 + i * 101 + v,
                                  max_translation=cfg.max_translation,
                                  max_rotation_deg=cfg.max_rotation_deg, max_scale=cfg.max_scale)
-            gray.append(warp(to_gray(sample["rgb"]), path.homographies, kind="image"))
+            gray.append(warp(luminance(sample["rgb"]), path.homographies, kind="image"))
             labels.append(warp(sample["label"], path.homographies[-1:], kind="label")[0])
             hs.append(path)
         frames = torch.stack(gray, 1)  # (T, B, H, W)
@@ -116,7 +116,7 @@ def _video(source, cfg: SyntheticConfig, device, progress: bool) -> SyntheticSet
     events, labels, images = [], [], []
     for idx in tqdm(by_seq.values(), desc="synthetic events", disable=not progress):
         samples = [source[i] for i in idx]
-        gray = torch.stack([to_gray(s["rgb"]) for s in samples])
+        gray = torch.stack([luminance(s["rgb"]) for s in samples])
         t = torch.tensor([s["t_us"] for s in samples], dtype=torch.int64)
         frames, t_up = interpolate_frames(gray, t, factor=cfg.video_factor)
         sim = DvsSimulator(replace(cfg.dvs, seed=cfg.seed + len(events)), *gray.shape[1:], 1,

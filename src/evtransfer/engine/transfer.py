@@ -10,7 +10,7 @@ keyed by its settings and seed (`stage_dir`), so a benchmark trains them once pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,8 +27,7 @@ from evtransfer.engine.dense import (
 )
 from evtransfer.models import create_model
 from evtransfer.models.weights import load_adapted
-
-_LUMA = (0.299, 0.587, 0.114)
+from evtransfer.simulate import luminance
 
 
 @dataclass
@@ -49,7 +48,7 @@ def source_input(rgb: torch.Tensor, gray: bool) -> torch.Tensor:
     """The source model's input: RGB (N, 3, H, W), or its luminance (N, 1, H, W)."""
     if not gray:
         return rgb
-    return (rgb * torch.tensor(_LUMA, dtype=rgb.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return luminance(rgb).unsqueeze(1)
 
 
 def train_source_model(data: TransferData, cfg: StageConfig, root: Path, seed: int, device,
@@ -105,10 +104,3 @@ def recon_then_segment(recon: nn.Module, m_s: nn.Module, x: torch.Tensor, cfg: S
     images = reconstruct_images(recon, x, device)
     return segment(m_s, images if cfg.source_gray else images.expand(-1, 3, -1, -1),
                    device=device)
-
-
-def with_budget(cfg: StageConfig, steps: int) -> StageConfig:
-    """The same stages with every run shortened or lengthened to `steps` iterations."""
-    return replace(cfg, source=replace(cfg.source, steps=steps),
-                   synthetic=replace(cfg.synthetic, steps=steps),
-                   recon=replace(cfg.recon, steps=steps))

@@ -21,7 +21,7 @@ from evtransfer.simulate.motion import (
     random_motion,
     warp,
 )
-from evtransfer.simulate.sources import FrameSource, open_frames
+from evtransfer.simulate.sources import FrameSource, luminance, open_frames
 from evtransfer.simulate.spikes import (
     SpikeConfig,
     SpikeSimulator,
@@ -42,6 +42,7 @@ __all__ = [
     "dvs_preset",
     "frame_times",
     "interpolate_frames",
+    "luminance",
     "open_frames",
     "pose_homography",
     "pseudo_video",

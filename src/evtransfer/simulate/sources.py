@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from evtransfer.simulate._checks import SimulationError
 
@@ -34,6 +35,17 @@ class FrameSource:
     width: int
     n_frames: int | None
     frames: Iterator[tuple[np.ndarray, int]]
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" conversion
+
+
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) RGB → (..., H, W) intensity with the BT.601 weights of `load_gray`."""
+    if rgb.ndim < 3 or rgb.shape[-3] != 3:
+        raise ValueError(f"rgb must be (..., 3, H, W), got shape {tuple(rgb.shape)}")
+    weights = torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype)
+    return torch.einsum("...chw,c->...hw", rgb, weights)
 
 
 def load_gray(path: str | Path) -> np.ndarray:

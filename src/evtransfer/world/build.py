@@ -40,12 +40,10 @@ from evtransfer.config import to_dict
 from evtransfer.io.dsec import DsecEventsWriter
 from evtransfer.io.images import TRAINID_TO_DSEC11, write_label_png, write_png16
 from evtransfer.io.spike import write_spike_dat
-from evtransfer.simulate import DvsSimulator, spikes_from_image
+from evtransfer.simulate import DvsSimulator, luminance, spikes_from_image
 from evtransfer.world.domains import DomainConfig, WorldConfig, variant_domain
 from evtransfer.world.render import Render, render
 from evtransfer.world.scene import generate_scene
-
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: what a monochrome sensor roughly integrates
 
 
 def _seed(*parts: int | str) -> int:
@@ -128,7 +126,7 @@ def build_target_sequence(cfg: WorldConfig, dom: DomainConfig, name: str, i: int
         for k0 in range(0, n_frames, batch):
             ts = torch.tensor(t_render[k0:k0 + batch] * 1e-6, dtype=torch.float64, device=device)
             frame = render(scene, camera, light, ts, w, h, flow_dt_s=dom.label_every_s)
-            luma = torch.einsum("fchw,c->fhw", frame.rgb, torch.tensor(_LUMA, device=device))
+            luma = luminance(frame.rgb)
             for j in range(len(ts)):
                 writer.write(dvs.feed(luma[j:j + 1], int(t_render[k0 + j]))[0])
                 k = label_frame.get(k0 + j)
