@@ -3,7 +3,8 @@
 `run_transfer` trains each requested method for each seed in `out/work/seed_<s>/` (stages
 shared between methods are trained once per seed), predicts the target test split, scores it
 from one dataset-wide confusion matrix (mIoU with absent classes counted 0, as ESS; pixel
-accuracy), and writes `out/results.json` and `out/results.md`.
+accuracy), and writes `out/results.json` and `out/results.md`. `run_depth_transfer` does the
+same for spike-camera depth (BiCross and its baselines; per-image AbsRel, RMSE, δ1, ...).
 """
 
 from __future__ import annotations
@@ -11,22 +12,38 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from evtransfer.data.depth_transfer import (
+    DepthProtocol,
+    DepthTransferConfig,
+    RealDepthConfig,
+    load_depth_transfer_data,
+    load_real_depth_data,
+    real_target_depth,
+    target_train_depth,
+)
 from evtransfer.data.transfer import (
     TransferDataConfig,
     load_transfer_data,
     target_train_labels,
 )
 from evtransfer.engine.dense import evaluate_segmentation
+from evtransfer.engine.package import InputSpec, method_spec, save_package
 from evtransfer.engine.transfer import StageConfig
-from evtransfer.methods import METHODS, MethodResult
+from evtransfer.methods import DEPTH_METHODS, METHODS, TARGET_LABELED, MethodResult
 from evtransfer.methods.baselines import BaselineConfig
+from evtransfer.methods.bicross import BicrossConfig
 from evtransfer.methods.cmess import CmessConfig
+from evtransfer.methods.ecddp import EcddpConfig
+from evtransfer.methods.ess import EssConfig
+from evtransfer.methods.evdistill import EvdistillConfig
+from evtransfer.metrics import DepthMetrics
 
 
 @dataclass
@@ -36,12 +53,21 @@ class TransferBenchConfig:
     data: TransferDataConfig = field(default_factory=TransferDataConfig)
     stages: StageConfig = field(default_factory=StageConfig)
     cmess: CmessConfig = field(default_factory=CmessConfig)
+    evdistill: EvdistillConfig = field(default_factory=EvdistillConfig)
+    ess: EssConfig = field(default_factory=EssConfig)  # ess and ess_supervised
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    depth: DepthTransferConfig = field(default_factory=DepthTransferConfig)  # --task depth
+    depth_real: RealDepthConfig = field(default_factory=RealDepthConfig)  # source "": world
+    bicross: BicrossConfig = field(default_factory=BicrossConfig)  # every DEPTH_METHODS entry
+    ecddp: EcddpConfig = field(default_factory=EcddpConfig)
 
 
 def method_config(cfg: TransferBenchConfig, name: str):
     """The config of method `name`, with the shared stages injected."""
-    section = cfg.cmess if name == "cmess" else cfg.baselines
+    if name in DEPTH_METHODS:
+        return cfg.bicross
+    section = {"cmess": cfg.cmess, "evdistill": cfg.evdistill, "ess": cfg.ess,
+               "ess_supervised": cfg.ess, "ecddp": cfg.ecddp}.get(name, cfg.baselines)
     return replace(section, stages=cfg.stages) if hasattr(section, "stages") else section
 
 
@@ -55,22 +81,44 @@ class Run:
     params: int
     train_minutes: float
     result: MethodResult
+    package: Path | None = None  # the saved model package (None: no single network)
+
+
+def save_method_package(out: Path, name: str, seed: int, result: MethodResult,
+                        inputs: InputSpec, **labels) -> Path | None:
+    """`out/models/<name>-seed<seed>.safetensors`: the method's inference network as a model
+    package (`engine.package`, read by `evtransfer.load_model`) on the benchmark's `inputs`;
+    None when the method gives no `spec` (its inference needs more than one network)."""
+    if result.spec is None:
+        return None
+    spec = method_spec(result.spec, method=name, inputs=inputs, **labels,
+                       provenance={"seed": seed, "train_minutes": result.train_minutes})
+    return save_package(out / "models" / f"{name}-seed{seed}.safetensors", result.network, spec)
 
 
 def run_method(name: str, world: Path, cfg: TransferBenchConfig, seed: int, work: Path,
                device, progress: bool) -> Run:
     """Train method `name` with `seed` and score it on the target test split."""
+    if name in DEPTH_METHODS:
+        raise ValueError(f"{name!r} is a depth method: run it with `--task depth`")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     _, train_fn = METHODS[name]
     data = load_transfer_data(world, cfg.data, progress=progress)
-    extra = {"labels": target_train_labels(world, cfg.data)} if name == "oracle" else {}
+    section = method_config(cfg, name)
+    labeled = name in TARGET_LABELED or getattr(section, "train_on_event_labels", False)
+    extra = {"labels": target_train_labels(world, cfg.data)} if labeled else {}
     torch.manual_seed(seed)
-    result = train_fn(data, method_config(cfg, name), work / f"seed_{seed}", seed=seed,
-                      device=device, progress=progress, **extra)
+    result = train_fn(data, section, work / f"seed_{seed}", seed=seed, device=device,
+                      progress=progress, **extra)
     probs = result.predict(data.test_x)
     scores = evaluate_segmentation(probs.argmax(1), data.test_label, data.num_classes)
-    return Run(name, seed, scores, result.params, result.train_minutes, result)
+    (h, w), ev = data.test_x.shape[-2:], cfg.data.events
+    inputs = InputSpec(kind=ev.kind, bins=ev.bins, normalize=ev.normalize,
+                       window_us=cfg.data.window_us, sensor=(w, h), size=(h, w))
+    package = save_method_package(work.parent, name, seed, result, inputs,
+                                  label_space=cfg.data.label_space)
+    return Run(name, seed, scores, result.params, result.train_minutes, result, package)
 
 
 def summarize(runs: list[Run]) -> dict:
@@ -134,3 +182,116 @@ def gap_closed(summary: dict, method: str = "cmess") -> float:
         return math.nan
     gap = m["oracle"]["miou_mean"] - m["source_only"]["miou_mean"]
     return (m[method]["miou_mean"] - m["source_only"]["miou_mean"]) / gap if gap else math.nan
+
+
+# --- spike-camera depth (BiCross protocol) ---------------------------------------------------
+DEPTH_SCORES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "d1", "d2", "d3")
+
+
+def score_depth(predict, test: Dataset, protocol: DepthProtocol, batch: int = 16) -> dict:
+    """BiCross's metrics of `predict` (packed spikes (B, T, H, ⌈W/8⌉) → depth (B, H, W)
+    metres) over a test set of {spikes, depth[, crop_box]}: a prediction is pasted into its
+    crop box of the full-size GT first; per image then averaged (`metrics.DepthMetrics`, KITTI
+    form: predictions clamped to [min, max]). Sets with crop boxes go one image at a time."""
+    acc = DepthMetrics(form="kitti", min_depth=protocol.min_depth, max_depth=protocol.max_depth,
+                       garg_crop=protocol.garg_crop)
+    boxed = "crop_box" in test[0]
+    for items in DataLoader(test, batch_size=1 if boxed else batch):
+        pred = predict(items["spikes"])
+        if boxed:
+            top, left, h, w = (int(v) for v in items["crop_box"][0])
+            full = torch.zeros(items["depth"].shape, dtype=pred.dtype)
+            full[:, top:top + h, left:left + w] = pred
+            pred = full
+        acc.update(pred, items["depth"])
+    return acc.compute(per_image=True)
+
+
+def run_depth_method(name: str, world: Path | None, cfg: TransferBenchConfig, seed: int,
+                     work: Path, device, progress: bool) -> Run:
+    """Train depth method `name` with `seed` and score it on the target test split (the world
+    `world`, or the real scenario `cfg.depth_real` when its source is set)."""
+    if name not in DEPTH_METHODS:
+        raise ValueError(f"unknown depth method {name!r}; available: {', '.join(DEPTH_METHODS)}")
+    _, train_fn = DEPTH_METHODS[name]
+    real = bool(cfg.depth_real.source)
+    if real:
+        data = load_real_depth_data(cfg.depth_real)
+    else:
+        data = load_depth_transfer_data(world, cfg.depth, progress=progress)
+    extra = {}
+    if name == "spike_supervised":
+        extra["labeled"] = (real_target_depth(cfg.depth_real) if real
+                            else target_train_depth(world, cfg.depth))
+    torch.manual_seed(seed)
+    result = train_fn(data, method_config(cfg, name), work / f"seed_{seed}", seed=seed,
+                      device=device, progress=progress, **extra)
+    scores = score_depth(result.predict, data.test, data.protocol)
+    h, w = data.test[0]["spikes"].shape[-2], data.width
+    inputs = InputSpec(modality="spikes", kind="spike_stack", frames=data.frames,
+                       sensor=(w, h), size=(h, w), resize="nearest")
+    package = save_method_package(work.parent, name, seed, result, inputs,
+                                  depth_range=(data.protocol.min_depth, data.protocol.max_depth))
+    return Run(name, seed, scores, result.params, result.train_minutes, result, package)
+
+
+def summarize_depth(runs: list[Run]) -> dict:
+    """`{"methods": {name: {abs_rel_mean, abs_rel_std, rmse_mean, …, d3_std, abs_rel: [per
+    seed], train_minutes, params, seeds}}, "ratios": {...}, "protocol": {...}}`; `ratios` hold
+    the acceptance ratios of BiCross's AbsRel to Pre_src's and to the supervised model's."""
+    table: dict[str, dict] = {}
+    for name in dict.fromkeys(r.method for r in runs):
+        mine = [r for r in runs if r.method == name]
+        row: dict = {}
+        for key in DEPTH_SCORES:
+            v = np.array([r.scores[key] for r in mine])
+            row[f"{key}_mean"] = float(v.mean())
+            row[f"{key}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        row.update(abs_rel=[r.scores["abs_rel"] for r in mine],
+                   train_minutes=float(np.mean([r.train_minutes for r in mine])),
+                   params=mine[0].params, seeds=[r.seed for r in mine])
+        table[name] = row
+    ratios = {f"bicross_over_{base}": table["bicross"]["abs_rel_mean"]
+              / table[base]["abs_rel_mean"]
+              for base in ("pre_src", "spike_supervised") if {"bicross", base} <= table.keys()}
+    protocol = {"depth": "BiCross/KITTI form, per image then averaged",
+                "valid": "min_depth < gt < max_depth (Garg crop if the protocol has it)"}
+    return {"methods": table, "ratios": ratios, "protocol": protocol}
+
+
+def markdown_depth(summary: dict) -> str:
+    """The depth results as a markdown table (mean ± std over seeds)."""
+    lines = ["| method | AbsRel | SqRel | RMSE | RMSElog | δ1 | δ2 | δ3 | train min | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in summary["methods"].items():
+        cells = " | ".join(f"{r[k + '_mean']:.3f} ± {r[k + '_std']:.3f}" for k in DEPTH_SCORES)
+        lines.append(f"| {name} | {cells} | {r['train_minutes']:.2f} | {len(r['seeds'])} |")
+    ratios = summary.get("ratios", {})
+    lines += [""] * bool(ratios) + [f"{k}: {v:.3f}" for k, v in ratios.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_depth_transfer(world: str | Path | None, methods: list[str], seeds: list[int],
+                       out: str | Path, cfg: TransferBenchConfig, *, device: str = "cpu",
+                       progress: bool = True) -> tuple[dict, list[Run]]:
+    """The depth table (`cfg.bicross` settings; data: `cfg.depth` on `world`, or the real
+    scenario `cfg.depth_real` when its source is set): `out/results.json` and `.md`."""
+    world, out = (Path(world) if world is not None else None), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in seeds:
+        for name in methods:
+            start = time.perf_counter()
+            run = run_depth_method(name, world, cfg, seed, out / "work", torch.device(device),
+                                   progress)
+            runs.append(run)
+            if progress:
+                print(f"{name} seed {seed}: AbsRel {run.scores['abs_rel']:.3f} RMSE "
+                      f"{run.scores['rmse']:.3f} δ1 {run.scores['d1']:.3f} "
+                      f"({(time.perf_counter() - start) / 60:.1f} min)")
+    summary = summarize_depth(runs)
+    summary["world" if world is not None else "real"] = (
+        str(world) if world is not None else asdict(cfg.depth_real))
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.md").write_text(markdown_depth(summary))
+    return summary, runs

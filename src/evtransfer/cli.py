@@ -16,7 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"evtransfer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_demo, _add_simulate, _add_info, _add_render, _add_world, _add_train,
-                _add_bench):
+                _add_bench, _add_evdistill, _add_predict, _add_evaluate, _add_export,
+                _add_pretrain, _add_finetune):
         add(sub)
     return parser
 
@@ -284,7 +285,7 @@ def _add_world(sub) -> None:
     s.set_defaults(run=_run_world_show)
 
 
-def world_config_from(preset: str, path: str | None, overrides: list[str]):
+def _world_config(preset: str, path: str | None, overrides: list[str]):
     """A WorldConfig from a YAML file or a preset, with --set overrides."""
     from evtransfer.config import load_config, to_dict
     from evtransfer.world.domains import WorldConfig
@@ -297,7 +298,7 @@ def world_config_from(preset: str, path: str | None, overrides: list[str]):
 def _run_world_build(args) -> int:
     from evtransfer.world.build import build_world
 
-    cfg = world_config_from(args.preset, args.world, args.set)
+    cfg = _world_config(args.preset, args.world, args.set)
     out = build_world(cfg, args.out, device=args.device)
     print(f"world ready in {out}")
     return 0
@@ -365,16 +366,22 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one transfer method on a world (resumable)")
     p.add_argument("method", choices=sorted(METHODS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, metavar="PATH",
+                   help="encoder checkpoint (e.g. from `evtransfer pretrain ecddp`) that every "
+                        "network with a matching encoder starts from")
     _add_world_args(p)
-    p.set_defaults(run=_run_train)
+    p.set_defaults(run=_run_train_init)
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     t = kinds.add_parser("transfer", help="methods × seeds on a world: results.json/.md")
-    t.add_argument("--methods", default="source_only,recon_source,cmess,oracle",
-                   help="comma-separated method names")
+    t.add_argument("--task", default="segmentation", choices=("segmentation", "depth"),
+                   help="segmentation (events) or depth (spike camera, BiCross)")
+    t.add_argument("--methods", default=None,
+                   help="comma-separated method names (default: source_only,recon_source,cmess,"
+                        "oracle; with --task depth: pre_src,bicross,spike_supervised)")
     t.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     _add_world_args(t)
     t.set_defaults(run=_run_bench_transfer)
@@ -392,9 +399,9 @@ def _world_root(spec: str, out, device: str):
             raise FileNotFoundError(f"{path} is not a built world (no world.yaml)")
         return path
     if spec.endswith((".yaml", ".yml")):
-        cfg = world_config_from("small", spec, [])
+        cfg = _world_config("small", spec, [])
         return build_world(cfg, Path(out) / "world", device=device)
-    return build_world(world_config_from(spec, None, []), Path(out) / f"world-{spec}",
+    return build_world(_world_config(spec, None, []), Path(out) / f"world-{spec}",
                        device=device)
 
 
@@ -406,27 +413,317 @@ def _bench_config(args):
 
 
 def _run_train(args) -> int:
-    from evtransfer.bench import run_transfer
+    from evtransfer.bench import run_depth_transfer, run_transfer
+    from evtransfer.methods import DEPTH_METHODS
 
     cfg = _bench_config(args)
+    if args.method in DEPTH_METHODS:
+        world = None if cfg.depth_real.source else _world_root(args.world, args.out, args.device)
+        summary, runs = run_depth_transfer(world, [args.method], [args.seed], args.out, cfg,
+                                           device=args.device)
+        r = summary["methods"][args.method]
+        print(f"{args.method}: AbsRel {r['abs_rel_mean']:.3f}, RMSE {r['rmse_mean']:.3f}, "
+              f"δ1 {r['d1_mean']:.3f} (results in {args.out})")
+        _print_package(runs[0])
+        return 0
     world = _world_root(args.world, args.out, args.device)
-    summary, _ = run_transfer(world, [args.method], [args.seed], args.out, cfg,
-                              device=args.device)
+    summary, runs = run_transfer(world, [args.method], [args.seed], args.out, cfg,
+                                 device=args.device)
     r = summary["methods"][args.method]
     print(f"{args.method}: mIoU {r['miou_mean']:.2f}, acc {r['acc_mean']:.2f} "
           f"(results in {args.out})")
+    _print_package(runs[0])
     return 0
 
 
-def _run_bench_transfer(args) -> int:
-    from evtransfer.bench import markdown, run_transfer
+def _print_package(run) -> None:
+    if run.package is not None:
+        print(f"model package: {run.package} (use with `evtransfer predict|evaluate|export "
+              f"--checkpoint`)")
+    else:
+        print(f"no model package: {run.method} predicts with more than one network")
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+
+def _run_bench_transfer(args) -> int:
+    from evtransfer.bench import markdown, markdown_depth, run_depth_transfer, run_transfer
+
+    depth = args.task == "depth"
+    default = ("pre_src,bicross,spike_supervised" if depth
+               else "source_only,recon_source,cmess,oracle")
+    methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     cfg = _bench_config(args)
-    world = _world_root(args.world, args.out, args.device)
-    summary, _ = run_transfer(world, methods, list(range(args.seeds)), args.out, cfg,
+    real = depth and bool(cfg.depth_real.source)  # a real scenario needs no world
+    world = None if real else _world_root(args.world, args.out, args.device)
+    run = run_depth_transfer if depth else run_transfer
+    summary, _ = run(world, methods, list(range(args.seeds)), args.out, cfg, device=args.device)
+    print((markdown_depth if depth else markdown)(summary))
+    return 0
+
+
+# --- evdistill: real-data segmentation and recognition ---------------------------------------
+def _add_evdistill(sub) -> None:
+    p = sub.add_parser("evdistill", help="EvDistill beyond the world table: segmentation on "
+                       "EvDistill-layout data (DDD17, MVSEC), recognition (world, N-Caltech101)")
+    p.add_argument("task", choices=("segment", "recognize"))
+    p.add_argument("--config", required=True,
+                   help="RealSegmentationRun (segment) or RecognitionRun (recognize) YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set method.losses.bmr=false")
+    p.add_argument("--out", required=True, help="output folder (results.json, work/)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.set_defaults(run=_run_evdistill)
+
+
+def _run_evdistill(args) -> int:
+    import json
+    from dataclasses import replace
+
+    from evtransfer.config import load_config
+    from evtransfer.methods import evdistill
+
+    if args.task == "segment":
+        cfg = load_config(evdistill.RealSegmentationRun, args.config, args.set)
+        summary = evdistill.run_real_segmentation(cfg, args.out, device=args.device)
+    else:
+        cfg = load_config(evdistill.RecognitionRun, args.config, args.set)
+        if cfg.dataset == "world":
+            cfg = replace(cfg, world=str(_world_root(cfg.world or "small", args.out,
+                                                     args.device)))
+        summary = evdistill.run_recognition(cfg, args.out, device=args.device)
+    print(json.dumps(summary))
+    return 0
+
+
+# --- predict / evaluate / export: using a trained model --------------------------------------
+def _add_checkpoint_args(p) -> None:
+    p.add_argument("--checkpoint", required=True,
+                   help="model package (.safetensors) or a `train` output folder holding one")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="run a trained model over recordings: label/depth PNGs, "
+                       "overlay GIF, windows.json")
+    _add_checkpoint_args(p)
+    p.add_argument("input", help="a recording (DSEC .h5, .aedat4, .raw, .dat, MVSEC .hdf5, "
+                   "spike .dat, DDD17 folder) or a folder of them")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--every", default=None,
+                   help="prediction stride: 50ms, 20000us, 100000ev or 32fr (default: the "
+                        "model's own window)")
+    p.add_argument("--batch", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--resize", action="store_true",
+                   help="accept a sensor size other than the training one (resize the input)")
+    p.add_argument("--partial", action="store_true",
+                   help="also predict windows shorter than the model's (recording start)")
+    p.add_argument("--t0", type=int, default=None, help="first window end no earlier, µs")
+    p.add_argument("--t1", type=int, default=None, help="last window end no later, µs")
+    p.add_argument("--limit", type=int, default=0, help="at most this many windows")
+    p.add_argument("--gif-frames", type=int, default=100,
+                   help="overlay.gif frames, evenly spaced (default 100)")
+    p.add_argument("--overlays", action="store_true", help="also write overlay/NNNNNN.png")
+    p.add_argument("--format", default=None, help="skip format detection (e.g. evt3)")
+    p.add_argument("--width", type=int, default=None, help="sensor / frame width override")
+    p.add_argument("--height", type=int, default=None, help="sensor / frame height override")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from evtransfer.inference import load_model
+    from evtransfer.inference.stream import PredictOptions, parse_every, predict_path
+
+    model = load_model(args.checkpoint, device=args.device)
+    reader = {k: v for k, v in (("format", args.format), ("width", args.width),
+                                ("height", args.height)) if v is not None}
+    opts = PredictOptions(every=parse_every(args.every) if args.every else None,
+                          batch=args.batch, resize=args.resize, partial=args.partial,
+                          t0_us=args.t0, t1_us=args.t1, limit=args.limit,
+                          gif_frames=args.gif_frames, overlays=args.overlays,
+                          reader_options=reader)
+    for s in predict_path(model, args.input, args.out, opts):
+        sec = s["seconds"]
+        print(f"{s['recording']}: {s['predicted']} of {s['windows']} windows predicted in "
+              f"{sec['total']:.1f} s ({s['predicted'] / max(sec['total'], 1e-9):.1f} windows/s)"
+              f"; overlay {s['overlay_gif']}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a trained model under a benchmark's protocol")
+    _add_checkpoint_args(p)
+    p.add_argument("--dataset", required=True,
+                   choices=("world", "dsec-semantic", "ddd17", "mvsec-depth", "kitti-depth"))
+    p.add_argument("--root", required=True, help="dataset root (world: a built world folder)")
+    p.add_argument("--split", default=None,
+                   help="default: the reported split (world/dsec/mvsec/kitti test, ddd17 valid)")
+    p.add_argument("--resize", action="store_true",
+                   help="accept a model trained on another sensor / input size")
+    p.add_argument("--batch", type=int, default=8, help="samples per forward pass (default 8)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N samples (smoke runs)")
+    p.add_argument("--scenario", default="outdoor", choices=("outdoor", "indoor_flying"),
+                   help="mvsec-depth scenario (default outdoor)")
+    p.add_argument("--split-id", type=int, default=1, help="mvsec-depth indoor_flying split")
+    p.add_argument("--test-sequences", type=int, default=0,
+                   help="world: held-out sequences (default 0 = half, as bench transfer)")
+    p.add_argument("-o", "--out", default=None,
+                   help="results JSON (default: evaluation-<dataset>.json)")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    import json
+    from pathlib import Path
+
+    from evtransfer.inference import load_model
+    from evtransfer.inference.evaluate import EvalOptions, evaluate, format_table
+
+    model = load_model(args.checkpoint, device=args.device)
+    opts = EvalOptions(split=args.split, resize=args.resize, batch=args.batch, limit=args.limit,
+                       scenario=args.scenario, split_id=args.split_id,
+                       test_sequences=args.test_sequences)
+    result = evaluate(model, args.dataset, args.root, opts)
+    out = Path(args.out or f"evaluation-{args.dataset}.json")
+    out.write_text(json.dumps(result, indent=1))
+    print(format_table(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a trained model to TorchScript or ONNX")
+    _add_checkpoint_args(p)
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("-o", "--out", required=True, help="output file (.pt or .onnx)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="batch size N (ONNX: fixed to it; TorchScript: any)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from evtransfer.inference import load_model
+    from evtransfer.inference.export import export_model
+
+    model = load_model(args.checkpoint, device=args.device)
+    info = export_model(model, args.format, args.out, batch=args.batch, opset=args.opset)
+    diff = info["max_abs_diff"]
+    print(f"wrote {info['path']} and {info['path']}.json")
+    batch = "dynamic" if info["input"]["dynamic_batch"] else "fixed"
+    print(f"input  {info['input']['shape']} float32 (N {batch}): {info['input']['text']}")
+    print(f"output {info['output']['shape']}: {info['output']['meaning']}")
+    print("max |exported - PyTorch| = " + ("not checked (onnxruntime not installed)"
+                                           if diff is None else f"{diff:.2e}"))
+    return 0
+
+
+def _run_train_init(args) -> int:
+    """`train`, inside an `encoder_init` scope when --init is given (a separate --out per
+    init: cached stages do not know which init trained them)."""
+    if args.init is None:
+        return _run_train(args)
+    import json
+    from pathlib import Path
+
+    from evtransfer.models.weights import encoder_init
+
+    marker, init = Path(args.out) / "init.json", str(Path(args.init).resolve())
+    if marker.exists() and json.loads(marker.read_text())["init"] != init:
+        raise ValueError(f"{args.out} was trained from another --init; use a new --out")
+    if not marker.exists() and (Path(args.out) / "work").exists():
+        raise ValueError(f"{args.out} holds stages trained without --init; use a new --out")
+    with encoder_init(args.init) as scope:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"init": init}))
+        code = _run_train(args)
+    for name, report in scope.reports:
+        print(f"--init into {name}: {len(report.loaded)} tensors loaded, "
+              f"{len(report.mismatched)} shape mismatches, {len(report.missing)} left at init")
+    return code
+
+
+# --- ECDDP: self-supervised pre-training and the fine-tuning study ----------------------------
+def _add_ecddp_args(p) -> None:
+    p.add_argument("method", choices=("ecddp",))
+    p.add_argument("--world", default=None,
+                   help="a world preset (tiny, small, full), a world YAML or a built world folder")
+    p.add_argument("--config", default=None, help="ECDDP YAML (bench_ecddp.EcddpStudyConfig)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set ecddp.pretrain.epochs=50")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pre-training of an event encoder "
+                       "(resumable; reports samples/s and peak memory)")
+    _add_ecddp_args(p)
+    p.add_argument("--recording", action="append", default=[], metavar="PATH",
+                   help="also pre-train on a real recording (DSEC h5, AEDAT4, EVT .raw, ...)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_pretrain)
+
+
+def _ecddp_config(args):
+    from evtransfer.bench_ecddp import EcddpStudyConfig
+    from evtransfer.config import load_config
+
+    return load_config(EcddpStudyConfig, args.config, args.set)
+
+
+def _run_pretrain(args) -> int:
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from evtransfer.data.pretrain_events import load_pretrain_windows
+    from evtransfer.methods.ecddp import pretrain_ecddp
+
+    cfg = _ecddp_config(args).ecddp.pretrain
+    data = replace(cfg.data, recordings=cfg.data.recordings + tuple(args.recording))
+    world = None
+    if args.world is not None:
+        world = _world_root(args.world, args.out, args.device)
+    elif not data.recordings:
+        raise ValueError("pretrain: give --world and/or --recording")
+    else:
+        data = replace(data, source=False, target=False)
+    groups = load_pretrain_windows(world, data, cache_dir=Path(args.out) / "cache")
+    summary = pretrain_ecddp(groups, replace(cfg, data=data), Path(args.out) / "work",
+                             seed=args.seed, device=args.device)
+    (Path(args.out) / "pretrain.json").write_text(json.dumps(summary, indent=1))
+    print(f"encoder: {summary['encoder']}\n{summary['steps']} steps, "
+          f"{summary['samples_per_s']:.1f} samples/s, peak memory "
+          f"{summary['peak_memory_mb']:.0f} MB ({summary['memory_kind']})")
+    return 0
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune encoder initialisations on the world's "
+                       "segmentation, flow and depth with few labels: results.json/.md")
+    _add_ecddp_args(p)
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--real", default=None, metavar="YAML",
+                   help="a RealFinetuneConfig (DSEC, DDD17 or MVSEC; --set applies to it): "
+                        "one fine-tuning on a real benchmark instead of the world study")
+    p.set_defaults(run=_run_finetune)
+
+
+def _run_finetune(args) -> int:
+    from evtransfer.bench_ecddp import markdown, run_ecddp_study
+
+    if args.real is not None:
+        import json
+
+        from evtransfer.bench_ecddp import RealFinetuneConfig, run_real_finetune
+        from evtransfer.config import load_config
+
+        cfg = load_config(RealFinetuneConfig, args.real, args.set)
+        print(json.dumps(run_real_finetune(cfg, args.out, device=args.device), default=str))
+        return 0
+    world = _world_root(args.world or "small", args.out, args.device)
+    summary = run_ecddp_study(world, _ecddp_config(args), args.out, list(range(args.seeds)),
                               device=args.device)
-    print(markdown(summary))
+    print(markdown(summary["table"]))
     return 0
 
 

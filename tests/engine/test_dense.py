@@ -95,3 +95,22 @@ def test_evaluate_segmentation_counts_absent_classes_as_zero():
     scores = evaluate_segmentation(pred, label, 3)
     assert scores["acc"] == pytest.approx(100.0)
     assert scores["miou"] == pytest.approx(200.0 / 3)
+
+
+def test_fit_builds_the_given_optimizer_with_scaled_group_rates(tmp_path):
+    """RAdam with β1 = 0 takes plain gradient steps while its variance estimate is unreliable
+    (ρ_1 = 1 ≤ 5), so one step moves each parameter by lr · lr_scale · gradient."""
+    a, b = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    wa, wb = a.weight.item(), b.weight.item()
+
+    def step(batch, state):  # d loss / d w_a = 2, d loss / d w_b = -3
+        return {"loss": 2 * state.modules["a"].weight.sum() - 3 * state.modules["b"].weight.sum()}
+
+    cfg = FitConfig(steps=1, batch=1, lr=0.1, min_lr=0.1, warmup_steps=0, clip_grad=0.0,
+                    ckpt_every=0)
+    groups = [{"params": list(a.parameters()), "lr_scale": 0.5}, {"params": list(b.parameters())}]
+    fit({"a": a, "b": b}, TensorDict(x=torch.zeros(1, 1)), step, cfg, run_dir=tmp_path / "run",
+        seed=0, device=torch.device("cpu"), progress=False, param_groups=groups,
+        optimizer=lambda g: torch.optim.RAdam(g, lr=cfg.lr, betas=(0.0, 0.999)))
+    assert a.weight.item() == pytest.approx(wa - 0.1 * 0.5 * 2, abs=1e-6)
+    assert b.weight.item() == pytest.approx(wb + 0.1 * 3, abs=1e-6)

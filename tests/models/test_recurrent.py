@@ -172,3 +172,14 @@ def test_normalised_variants(norm):
     assert img.shape == (2, 1, 16, 24)
     with pytest.raises(ValueError, match="norm"):
         recurrent.e2vid(norm="ln")
+
+
+@pytest.mark.parametrize("base", [8, 16])
+def test_image_latent_encoder_width_follows_e2vid_base_channels(base):
+    enc = create_model("image_latent_encoder", in_chans=1, base_channels=base).eval()
+    e2vid = recurrent.e2vid(in_chans=5, base_channels=base).eval()
+    with torch.no_grad():
+        latents = enc(torch.randn(1, 1, 40, 56))
+        ev, _ = e2vid.forward_features(torch.randn(1, 5, 40, 56))
+    assert [t.shape for t in latents] == [t.shape for t in ev]
+    assert enc.feature_channels == e2vid.feature_channels == (2 * base, 4 * base, 8 * base)

@@ -25,22 +25,37 @@ from tqdm import tqdm
 from evtransfer.data.synthetic import SyntheticConfig, synthesize
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
 from evtransfer.events import Events
-from evtransfer.represent import voxel_grid
+from evtransfer.represent import evsegnet_encoding, histogram, normalize_nonzero, voxel_grid
+
+EVENT_KINDS = ("voxel", "histogram", "evsegnet")
 
 
 @dataclass(frozen=True)
 class EventInput:
-    """How an event window becomes a network input."""
+    """How an event window becomes a network input: `kind` "voxel" (`bins` channels),
+    "histogram" ((neg, pos) counts, 2 channels: EvDistill's 2-channel student) or "evsegnet"
+    (Ev-SegNet's 6 channels). `normalize` standardises the non-zero entries of the voxel
+    grid or of the count channels (`represent.normalize_nonzero`)."""
 
     bins: int = 5  # code: uzh-rpg/ess config (nr_bins_per_data = 5); E2VID's 5 bins
     normalize: bool = True  # E2VID normalises non-zero voxels; unpublished for CMESS
+    kind: str = "voxel"
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"events.kind must be one of {EVENT_KINDS}, got {self.kind!r}")
 
     def channels(self) -> int:
-        return self.bins
+        return {"voxel": self.bins, "histogram": 2, "evsegnet": 6}[self.kind]
 
     def __call__(self, events: Events | list[Events]) -> torch.Tensor:
-        """(B, bins, H, W) float32 voxel grids of one window or a list of windows."""
-        return voxel_grid(events, self.bins, normalize=self.normalize)
+        """(B, channels(), H, W) float32 inputs of one window or a list of windows."""
+        if self.kind == "voxel":
+            return voxel_grid(events, self.bins, normalize=self.normalize)
+        x = histogram(events) if self.kind == "histogram" else evsegnet_encoding(events)
+        if self.normalize:
+            x = torch.cat([normalize_nonzero(x[:, :2]), x[:, 2:]], 1)
+        return x
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,10 @@ class TransferData:
 
 def _key(root: Path, cfg: TransferDataConfig) -> str:
     world = (root / "world.yaml").read_text()
-    blob = json.dumps(asdict(cfg), sort_keys=True, default=str) + world
+    config = asdict(cfg)
+    if cfg.events.kind == "voxel":  # the key of caches built before `kind` existed
+        del config["events"]["kind"]
+    blob = json.dumps(config, sort_keys=True, default=str) + world
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

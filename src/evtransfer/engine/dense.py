@@ -118,10 +118,14 @@ Step = Callable[[dict, TrainState], Mapping[str, torch.Tensor]]
 
 def fit(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitConfig, *,
         run_dir: str | Path, seed: int, device: torch.device, progress: bool = True,
-        param_groups: list[dict] | None = None) -> float:
+        param_groups: list[dict] | None = None,
+        optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None = None) -> float:
     """Train `modules` with `step(batch, state) -> {"loss": ..., ...}` over `dataset` for
     `cfg.steps` iterations; checkpoints in `run_dir` and resumes a killed run. A finished run
-    (`run_dir/done.json`) is skipped. Returns the training minutes (of the first run)."""
+    (`run_dir/done.json`) is skipped. `optimizer(param_groups)` builds the optimizer (default
+    AdamW with `cfg.lr` and `cfg.weight_decay`); the schedule sets each group's rate to the
+    scheduled `lr` times the group's `lr_scale`. Returns the training minutes, killed
+    attempts included."""
     run_dir = Path(run_dir)
     done = run_dir / "done.json"
     if done.exists():
@@ -132,7 +136,8 @@ def fit(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitCon
         return float(json.loads(done.read_text())["minutes"])
     params = param_groups or [{"params": [p for m in modules.values() for p in m.parameters()
                                           if p.requires_grad]}]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = (optimizer(params) if optimizer is not None
+           else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
     state = TrainState(modules, {"main": opt}, device,
                        generators={"aug": torch.Generator().manual_seed(seed)})
     per_epoch = max(1, len(dataset) // cfg.batch)
@@ -148,12 +153,25 @@ def fit(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitCon
                            start_batch=start)
 
     resume = (run_dir / "checkpoints" / "last").exists()
+    before = _logged_minutes(run_dir) if resume else 0.0
     start = time.perf_counter()
     train(loop, state, step, loader_fn, run_dir=run_dir, schedules=schedules, resume=resume)
-    minutes = (time.perf_counter() - start) / 60
+    minutes = before + (time.perf_counter() - start) / 60
     if is_main():
         done.write_text(json.dumps({"minutes": minutes, "steps": cfg.steps}))
     return minutes
+
+
+def _logged_minutes(run_dir: Path) -> float:
+    """Training time of earlier (killed) attempts of a run: the sum of each attempt's last
+    `elapsed_s` in its metrics log (each attempt restarts the clock)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0.0
+    elapsed = [json.loads(line).get("elapsed_s", 0.0) for line in path.read_text().splitlines()
+               if line.strip()]
+    ends = [a for a, b in zip(elapsed, elapsed[1:] + [0.0], strict=True) if b < a]
+    return sum(ends) / 60
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from evtransfer.engine.transfer import (
     train_source_model,
     train_synthetic_model,
 )
-from evtransfer.methods.result import MethodResult
+from evtransfer.methods.result import MethodResult, segmentation_spec
 from evtransfer.models import create_model
 from evtransfer.models.weights import load_adapted
 
@@ -44,8 +44,9 @@ def source_only(data: TransferData, cfg: BaselineConfig, root: str | Path, *, se
     device, root = torch.device(device), Path(root)
     m_s, t_s = train_source_model(data, cfg.stages, root, seed, device, progress)
     m_t, t_t = train_synthetic_model(m_s, data, cfg.stages, root, seed, device, progress)
+    spec = segmentation_spec(cfg.stages.segmenter, data.synth_x.shape[1], data.num_classes)
     return MethodResult(lambda x: segment(m_t, x, device=device), m_t,
-                        {"M_S": t_s, "M_T": t_t})
+                        {"M_S": t_s, "M_T": t_t}, spec)
 
 
 def recon_source(data: TransferData, cfg: BaselineConfig, root: str | Path, *, seed: int = 0,
@@ -76,5 +77,6 @@ def oracle(data: TransferData, cfg: BaselineConfig, root: str | Path, *, seed: i
     minutes = train_segmenter(model, data.target_x, labels, cfg.oracle, run_dir=run, seed=seed,
                               device=device, progress=progress,
                               dice_weight=cfg.stages.dice_weight)
+    spec = segmentation_spec(cfg.stages.segmenter, data.target_x.shape[1], data.num_classes)
     return MethodResult(lambda x: segment(model, x, device=device), model,
-                        {"M_S": t_s, "oracle": minutes})
+                        {"M_S": t_s, "oracle": minutes}, spec)

@@ -49,7 +49,7 @@ from evtransfer.engine.transfer import (
     train_source_model,
     train_synthetic_model,
 )
-from evtransfer.methods.result import MethodResult
+from evtransfer.methods.result import MethodResult, segmentation_spec
 from evtransfer.models import create_model
 
 
@@ -159,4 +159,5 @@ def train_cmess(data: TransferData, cfg: CmessConfig, root: str | Path, *, seed:
     model, t_c = cross_modal_learning(m_t, pseudo, data, cfg, cml_dir, seed, device, progress)
     model.eval()
     minutes = {"M_S": t_s, "M_T": t_t, "recon": t_r, "CML": t_c}
-    return MethodResult(lambda x: segment(model, x, device=device), model, minutes)
+    spec = segmentation_spec(cfg.stages.segmenter, data.target_x.shape[1], data.num_classes)
+    return MethodResult(lambda x: segment(model, x, device=device), model, minutes, spec)

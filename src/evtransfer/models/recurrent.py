@@ -263,17 +263,21 @@ def detach_state(state: State | None) -> State | None:
 class ImageLatentEncoder(nn.Module):
     """ESS's image encoder: 7×7 stride-2 conv (no bias) → BN → ReLU → ResNet-18 layer1
     (no max-pool) → layer2 → layer3. `forward_features(x)` / `forward(x)` return latents
-    `[(B, 64, H/2, W/2), (B, 128, H/4, W/4), (B, 256, H/8, W/8)]`."""
+    `[(B, 2b, H/2, W/2), (B, 4b, H/4, W/4), (B, 8b, H/8, W/8)]`: the channels of an E2VID with
+    `base_channels` b (b = 32: ResNet-18's 64, 128, 256, as ESS)."""
 
-    def __init__(self, in_chans: int = 1) -> None:
+    def __init__(self, in_chans: int = 1, base_channels: int = 32) -> None:
         super().__init__()
+        if base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1, got {base_channels}")
         self.in_chans = in_chans
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False),
-                                  nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-        self.layers = nn.ModuleList([make_layer(BasicBlock, 64, 64, 2),
-                                     make_layer(BasicBlock, 64, 128, 2, stride=2),
-                                     make_layer(BasicBlock, 128, 256, 2, stride=2)])
-        self.feature_channels = (64, 128, 256)
+        c = 2 * base_channels
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, c, 7, 2, 3, bias=False),
+                                  nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.layers = nn.ModuleList([make_layer(BasicBlock, c, c, 2),
+                                     make_layer(BasicBlock, c, 2 * c, 2, stride=2),
+                                     make_layer(BasicBlock, 2 * c, 4 * c, 2, stride=2)])
+        self.feature_channels = (c, 2 * c, 4 * c)
         self.feature_strides = (2, 4, 8)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
@@ -306,9 +310,11 @@ def img2event(in_chans: int = 1, out_chans: int = 5, base_channels: int = 32,
     return init_weights(net, seed, conv="uniform")
 
 
-def image_latent_encoder(in_chans: int = 1, seed: int = 0) -> ImageLatentEncoder:
-    """ESS's image encoder (latents at strides 2, 4, 8 with E2VID's channels)."""
-    return init_weights(ImageLatentEncoder(in_chans), seed)
+def image_latent_encoder(in_chans: int = 1, base_channels: int = 32,
+                         seed: int = 0) -> ImageLatentEncoder:
+    """ESS's image encoder (latents at strides 2, 4, 8 with the channels of an E2VID of
+    `base_channels`)."""
+    return init_weights(ImageLatentEncoder(in_chans, base_channels), seed)
 
 
 MODELS = {"e2vid": e2vid, "img2event": img2event, "image_latent_encoder": image_latent_encoder}

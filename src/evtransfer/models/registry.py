@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from evtransfer.models.weights import apply_encoder_init
+
 Builder = Callable[..., nn.Module]
 
 
@@ -48,4 +50,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
     except TypeError as err:
         raise ValueError(f"model {name!r}: {err}; it takes "
                          f"{', '.join(inspect.signature(builder).parameters)}") from err
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    apply_encoder_init(name, model)  # a no-op outside `models.weights.encoder_init`
+    return model

@@ -19,14 +19,20 @@ Key maps turn other libraries' SegFormer/MiT names into ours (`SegFormer`: `enco
 * `mmseg_mit`: mmsegmentation 1.x MiT backbones (`[backbone.]layers.0.1.0.attn.attn.
   in_proj_weight`, 1×1-conv FFN); its different SegformerHead is not mapped.
 Keys a map does not recognise pass through unchanged (and are reported as unexpected).
+
+Encoder checkpoints (`save_encoder`, `load_encoder_init`, the `encoder_init` scope) let one
+method's pretrained encoder (ECDDP) initialise any other network whose encoder has the same
+architecture; what loads and what does not is reported, never guessed.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -373,3 +379,95 @@ def load_adapted(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[str
             adapted.append(key)
     model.load_state_dict(state)
     return adapted
+
+
+# --- encoder checkpoints: one method's pretrained encoder initialises another's ---------------
+ENCODER_PREFIXES = ("", "encoder.", "backbone.encoder.", "backbone.", "student.backbone.",
+                    "teacher.backbone.", "module.backbone.", "model.encoder.")
+
+
+def save_encoder(path: str | Path, encoder: nn.Module, metadata: Mapping[str, str]) -> Path:
+    """Write `encoder`'s state dict to `path` (.safetensors, atomically) with string
+    `metadata` (e.g. the method and the architecture); returns the path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "evtransfer-encoder", **metadata})
+    tmp.replace(path)
+    return path
+
+
+def _best_prefix(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> str:
+    """The checkpoint prefix under which most keys match the target's names and shapes."""
+    def hits(prefix: str) -> int:
+        return sum(1 for k, v in state.items() if k.startswith(prefix)
+                   and k[len(prefix):] in target and target[k[len(prefix):]].shape == v.shape)
+
+    return max(ENCODER_PREFIXES, key=hits)
+
+
+def load_encoder_init(model: nn.Module, path: str | Path, *, drop: tuple[str, ...] = (),
+                      adapt_input_conv: bool = False) -> LoadReport:
+    """Initialise the encoder of `model` (`model.encoder`, or `model` itself) from an encoder
+    checkpoint (`save_encoder`, ECDDP's own `student.backbone.*` checkpoints, or any state
+    dict whose names match after one of `ENCODER_PREFIXES`). Tensors whose name and shape
+    match are loaded; the rest is reported, never raised. Checkpoint keys containing any
+    substring in `drop` are not used (ECDDP drops its patch embedding, `keep_patch_keys:
+    false`) and show up as `missing`; an input conv whose channel count differs is left at
+    its initialisation (`mismatched`) unless `adapt_input_conv` converts it with
+    `adapt_input_conv()`. Across architectures (a Swin checkpoint into a MiT encoder)
+    nothing matches and the report's `loaded` is empty."""
+    encoder = getattr(model, "encoder", model)
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(f"{type(model).__name__} has no encoder module to initialise")
+    prefix = _best_prefix(read_state_dict(path), encoder.state_dict())
+
+    def keep(state: Mapping[str, Tensor]) -> StateDict:
+        return {k: v for k, v in state.items() if not any(d in k for d in drop)}
+
+    return load_pretrained(encoder, path, key_map=keep, strict=False,
+                           adapt_in_chans=adapt_input_conv, prefix=prefix)
+
+
+@dataclass
+class EncoderInit:
+    """An active `encoder_init` scope: the checkpoint and one (model name, report) per model
+    built inside it."""
+
+    path: Path
+    reports: list[tuple[str, LoadReport]] = field(default_factory=list)
+
+
+_ENCODER_INIT: ContextVar[EncoderInit | None] = ContextVar("encoder_init", default=None)
+
+
+@contextmanager
+def encoder_init(path: str | Path) -> Iterator[EncoderInit]:
+    """Within this scope every model `create_model` builds that has an encoder
+    (`feature_channels`) starts from the encoder checkpoint at `path` (`load_encoder_init`:
+    every tensor whose name and shape match, so an input conv for other channels is not),
+    so any method's networks (a CMESS source model, an EvDistill student) can start from an
+    ECDDP pre-training without changing the method. Yields the scope, whose `reports` list
+    what each model loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder checkpoint not found")
+    read_state_dict(path)  # a bad file fails here, not inside a method
+    scope = EncoderInit(path)
+    token = _ENCODER_INIT.set(scope)
+    try:
+        yield scope
+    finally:
+        _ENCODER_INIT.reset(token)
+
+
+def apply_encoder_init(name: str, model: nn.Module) -> None:
+    """Load the active `encoder_init` checkpoint into `model` if it has an encoder (called by
+    `create_model`); models without any matching tensor are reported and left untouched."""
+    scope = _ENCODER_INIT.get()
+    if scope is None or not hasattr(model, "feature_channels"):
+        return
+    report = load_encoder_init(model, scope.path)
+    scope.reports.append((name, report))
