@@ -15,7 +15,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) -q -e '.[dev,fast]'
+	$(PIP) -q -e '.[dev,fast,video]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,7 +28,7 @@ lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 
 test: install-dev lint
-	$(BIN)/python -m pytest -n 2 -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
