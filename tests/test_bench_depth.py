@@ -17,7 +17,8 @@ from evtransfer.bench import (
 )
 from evtransfer.cli import main
 from evtransfer.config import load_config
-from evtransfer.data.depth_transfer import DepthProtocol, SpikeDepthSet
+from evtransfer.data._common import TensorDict
+from evtransfer.data.depth_transfer import DepthProtocol
 from evtransfer.data.world import WorldTarget, WorldTargetConfig
 from evtransfer.methods.bicross import BicrossConfig
 
@@ -25,7 +26,7 @@ from evtransfer.methods.bicross import BicrossConfig
 def test_score_depth_per_image_with_the_protocol():
     gt = torch.tensor([[[10.0, 20.0], [0.0, 100.0]], [[5.0, 5.0], [5.0, 5.0]]])
     pred = torch.tensor([[[11.0, 22.0], [3.0, 3.0]], [[5.0, 5.0], [5.0, 10.0]]])
-    test = SpikeDepthSet(spikes=torch.arange(2), depth=gt)
+    test = TensorDict(spikes=torch.arange(2), depth=gt)
     scores = score_depth(lambda i: pred[i], test, DepthProtocol())
     # image 1: two valid pixels (0 and 100 m are invalid), AbsRel 0.1 each; image 2: 0.25
     assert scores["abs_rel"] == pytest.approx((0.1 + 0.25) / 2)

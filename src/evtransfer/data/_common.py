@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from evtransfer.events import Events
 
@@ -91,3 +92,19 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such folder ({what})")
     return path
+
+
+class TensorDict(Dataset):
+    """A map-style dataset over equally long tensors: item i is {name: tensor[i]}."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        lengths = {len(v) for v in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors must have the same length, got {lengths}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}

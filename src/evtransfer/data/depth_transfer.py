@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from evtransfer.data._common import TensorDict
 from evtransfer.data.depth_sources import KB_CROP, KittiDepth, PairedDepthConfig, Vkitti2Depth
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
 from evtransfer.events import Spikes
@@ -71,22 +72,6 @@ class DepthTransferConfig:
                              f"{self.domain!r}")
         if self.frames < 1:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
-
-
-class SpikeDepthSet(Dataset):
-    """Items {name: tensor[i]} over equally long tensors; `spikes` are packed (T, H, ⌈W/8⌉)."""
-
-    def __init__(self, **tensors: torch.Tensor):
-        lengths = {len(v) for v in tensors.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"tensors must have the same length, got {lengths}")
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return len(next(iter(self.tensors.values())))
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
 
 
 @dataclass
@@ -198,19 +183,19 @@ def load_depth_transfer_data(world: str | Path, cfg: DepthTransferConfig, *,
         raise FileNotFoundError(f"{root} is not a built world (no world.yaml)")
     t, key = _cached(root, cfg, cache_dir, progress)
     return DepthTransferData(
-        source=SpikeDepthSet(rgb=t["source_rgb"], spikes=t["source_spikes"],
+        source=TensorDict(rgb=t["source_rgb"], spikes=t["source_spikes"],
                              depth=t["source_depth"]),
-        target=SpikeDepthSet(spikes=t["target_spikes"]),
-        test=SpikeDepthSet(spikes=t["test_spikes"], depth=t["test_depth"]),
+        target=TensorDict(spikes=t["target_spikes"]),
+        test=TensorDict(spikes=t["test_spikes"], depth=t["test_depth"]),
         width=int(t["source_rgb"].shape[-1]), frames=cfg.frames, protocol=cfg.protocol, key=key)
 
 
 def target_train_depth(world: str | Path, cfg: DepthTransferConfig, *,
-                       cache_dir: str | Path | None = None) -> SpikeDepthSet:
+                       cache_dir: str | Path | None = None) -> TensorDict:
     """Target train clips with their depth: the supervised upper bound's data, hidden from
     the transfer methods."""
     t, _ = _cached(Path(world), cfg, cache_dir, progress=False)
-    return SpikeDepthSet(spikes=t["target_spikes"], depth=t["target_depth"])
+    return TensorDict(spikes=t["target_spikes"], depth=t["target_depth"])
 
 
 # --- real data (BiCross layouts) ----------------------------------------------------------------

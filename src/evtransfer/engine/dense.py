@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from evtransfer.data._common import TensorDict
 from evtransfer.engine.distributed import is_main
 from evtransfer.engine.loader import make_loader
 from evtransfer.engine.loop import LoopConfig, TrainState, train
@@ -79,22 +80,6 @@ def hflip(batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict
             f = flip.to(v.device).view(-1, *([1] * (v.ndim - 1)))
             out[k] = torch.where(f, v.flip(-1), v)
     return out
-
-
-class TensorDict(Dataset):
-    """A map-style dataset over equally long tensors: item i is {name: tensor[i]}."""
-
-    def __init__(self, **tensors: torch.Tensor):
-        lengths = {len(v) for v in tensors.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"tensors must have the same length, got {lengths}")
-        self.tensors = tensors
-
-    def __len__(self) -> int:
-        return len(next(iter(self.tensors.values())))
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
 
 
 @dataclass
