@@ -84,8 +84,10 @@ def barrier() -> None:
 
 
 def destroy_distributed() -> None:
-    """Leave the process group if one was joined."""
+    """Leave the process group if one was joined, after every rank got here: a rank that tears
+    its gloo pairs down while a peer is still sending aborts that peer."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
