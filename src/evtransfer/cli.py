@@ -350,12 +350,14 @@ def _gray(image):
 
 
 # --- train / bench -------------------------------------------------------------------------
-def _add_world_args(p) -> None:
-    p.add_argument("--world", default="small",
+def _add_world_args(p, world: str | None = "small",
+                    config: str = "benchmark/method YAML (TransferBenchConfig)",
+                    example: str = "cmess.fuse_lambda=0.7") -> None:
+    p.add_argument("--world", default=world,
                    help="a world preset (tiny, small, full), a world YAML, or a built world folder")
-    p.add_argument("--config", default=None, help="benchmark/method YAML (TransferBenchConfig)")
+    p.add_argument("--config", default=None, help=config)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set cmess.fuse_lambda=0.7")
+                   help=f"override a config field, e.g. --set {example}")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
@@ -644,13 +646,8 @@ def _run_train_init(args) -> int:
 # --- ECDDP: self-supervised pre-training and the fine-tuning study ----------------------------
 def _add_ecddp_args(p) -> None:
     p.add_argument("method", choices=("ecddp",))
-    p.add_argument("--world", default=None,
-                   help="a world preset (tiny, small, full), a world YAML or a built world folder")
-    p.add_argument("--config", default=None, help="ECDDP YAML (bench_ecddp.EcddpStudyConfig)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set ecddp.pretrain.epochs=50")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_world_args(p, world=None, config="ECDDP YAML (bench_ecddp.EcddpStudyConfig)",
+                    example="ecddp.pretrain.epochs=50")
 
 
 def _add_pretrain(sub) -> None:
