@@ -1,7 +1,9 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from evtransfer.bench import Run, gap_closed, markdown, run_transfer, summarize
 from evtransfer.demo import demo_config
@@ -37,3 +39,56 @@ def test_run_transfer_writes_results(tiny_world, tmp_path):
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     with pytest.raises(ValueError, match="unknown method"):
         run_transfer(tiny_world, ["nope"], [0], tmp_path, cfg, progress=False)
+
+
+def test_real_scenario_runs_every_method_from_the_config_sections(tmp_path):
+    """Cityscapes -> DSEC-Semantic fixtures in the official layouts, through `run_transfer`
+    with no world: the same code path as `configs/cmess/dsec.yaml` on the real data."""
+    from dataclasses import replace
+
+    from evtransfer.engine.package import read_package
+    from tests.data.test_transfer_real import dsec_real_roots, dsec_scenario
+
+    real, data = dsec_scenario(*dsec_real_roots(tmp_path))
+    cfg = replace(demo_config(steps=2), real=real, data=data)
+    cfg.ess.init = replace(cfg.ess.init, steps=2, batch=2)
+    cfg.ess.uda = replace(cfg.ess.uda, steps=2, batch=2)
+    methods = ["source_only", "recon_source", "cmess", "oracle", "ess"]
+    summary, runs = run_transfer(None, methods, [0], tmp_path / "out", cfg, progress=False)
+    assert list(summary["methods"]) == methods
+    assert summary["real"]["target"] == "dsec_semantic"
+    assert all(0 <= r["miou_mean"] <= 100 for r in summary["methods"].values())
+    inputs = read_package(runs[2].package)[0].input
+    assert inputs.sensor == (640, 480) and inputs.crop_bottom == 40 and inputs.size == (44, 64)
+    assert inputs.num_windows == 1 and inputs.window_events == 400
+    assert len(list((tmp_path / "out" / "cache").glob("real_*"))) == 1
+
+
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("[ce]*ss/*.yaml")),
+                         ids=lambda p: str(p))
+def test_cmess_and_ess_configs_load(path):
+    from evtransfer.bench import TransferBenchConfig
+    from evtransfer.config import load_config
+
+    cfg = load_config(TransferBenchConfig, path)
+    if path.stem in ("dsec", "ddd17"):
+        assert cfg.real.target == {"dsec": "dsec_semantic", "ddd17": "ddd17"}[path.stem]
+        assert cfg.real.source.size() == ((440, 640) if path.stem == "dsec" else (200, 352))
+        assert cfg.stages.recon_base_channels == 32
+
+
+def test_ess_runs_recurrently_over_the_real_windows(tmp_path):
+    """ESS's real configs stack 20 windows (here 2): the target inputs have 2 x 5 channels
+    while the synthetic windows that train the event encoder have 5."""
+    from dataclasses import replace
+
+    from tests.data.test_transfer_real import dsec_real_roots, dsec_scenario
+
+    real, data = dsec_scenario(*dsec_real_roots(tmp_path))
+    real = replace(real, dsec=replace(real.dsec, num_windows=2, events_per_window=200))
+    cfg = replace(demo_config(steps=2), real=real, data=data)
+    cfg.ess.init = replace(cfg.ess.init, steps=2, batch=2)
+    cfg.ess.uda = replace(cfg.ess.uda, steps=2, batch=2)
+    summary, runs = run_transfer(None, ["ess"], [0], tmp_path / "out", cfg, progress=False)
+    assert 0 <= summary["methods"]["ess"]["miou_mean"] <= 100
+    assert runs[0].result.predict(torch.zeros(1, 10, 44, 64)).shape == (1, 11, 44, 64)

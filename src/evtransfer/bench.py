@@ -29,11 +29,14 @@ from evtransfer.data.depth_transfer import (
     target_train_depth,
 )
 from evtransfer.data.transfer import (
+    RealTransferConfig,
+    TransferData,
     TransferDataConfig,
+    load_real_transfer_data,
     load_transfer_data,
+    real_target_labels,
     target_train_labels,
 )
-from evtransfer.engine.dense import evaluate_segmentation
 from evtransfer.engine.package import InputSpec, method_spec, save_package
 from evtransfer.engine.transfer import StageConfig
 from evtransfer.methods import DEPTH_METHODS, METHODS, TARGET_LABELED, MethodResult
@@ -43,7 +46,7 @@ from evtransfer.methods.cmess import CmessConfig
 from evtransfer.methods.ecddp import EcddpConfig
 from evtransfer.methods.ess import EssConfig
 from evtransfer.methods.evdistill import EvdistillConfig
-from evtransfer.metrics import DepthMetrics
+from evtransfer.metrics import ConfusionMatrix, DepthMetrics, segmentation_scores
 
 
 @dataclass
@@ -51,6 +54,7 @@ class TransferBenchConfig:
     """One YAML for the whole table: data, the shared stages, each method's own settings."""
 
     data: TransferDataConfig = field(default_factory=TransferDataConfig)
+    real: RealTransferConfig = field(default_factory=RealTransferConfig)  # target "": world
     stages: StageConfig = field(default_factory=StageConfig)
     cmess: CmessConfig = field(default_factory=CmessConfig)
     evdistill: EvdistillConfig = field(default_factory=EvdistillConfig)
@@ -96,29 +100,59 @@ def save_method_package(out: Path, name: str, seed: int, result: MethodResult,
     return save_package(out / "models" / f"{name}-seed{seed}.safetensors", result.network, spec)
 
 
-def run_method(name: str, world: Path, cfg: TransferBenchConfig, seed: int, work: Path,
+def score_segmentation(predict, x: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                       batch: int = 16) -> dict:
+    """mIoU / accuracy of `predict` (inputs -> class probabilities) over windows x (N, C, H, W)
+    against labels (N, H, W), `batch` windows at a time, from one dataset-wide confusion
+    matrix (absent classes count 0, as ESS)."""
+    conf = ConfusionMatrix(num_classes)
+    for i in range(0, len(x), batch):
+        conf.update(predict(x[i:i + batch]).argmax(1), labels[i:i + batch].long())
+    return segmentation_scores(conf.matrix, mode="ess")
+
+
+def run_method(name: str, world: Path | None, cfg: TransferBenchConfig, seed: int, work: Path,
                device, progress: bool) -> Run:
-    """Train method `name` with `seed` and score it on the target test split."""
+    """Train method `name` with `seed` and score it on the target test split (of the world
+    `world`, or of the real scenario `cfg.real` when its target is set)."""
     if name in DEPTH_METHODS:
         raise ValueError(f"{name!r} is a depth method: run it with `--task depth`")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     _, train_fn = METHODS[name]
-    data = load_transfer_data(world, cfg.data, progress=progress)
     section = method_config(cfg, name)
     labeled = name in TARGET_LABELED or getattr(section, "train_on_event_labels", False)
-    extra = {"labels": target_train_labels(world, cfg.data)} if labeled else {}
+    real, cache = cfg.real, work.parent / "cache"
+    if real.target:
+        data = load_real_transfer_data(real, cfg.data, cache, progress=progress)
+        extra = {"labels": real_target_labels(real, cfg.data, cache)} if labeled else {}
+    else:
+        data = load_transfer_data(world, cfg.data, progress=progress)
+        extra = {"labels": target_train_labels(world, cfg.data)} if labeled else {}
     torch.manual_seed(seed)
     result = train_fn(data, section, work / f"seed_{seed}", seed=seed, device=device,
                       progress=progress, **extra)
-    probs = result.predict(data.test_x)
-    scores = evaluate_segmentation(probs.argmax(1), data.test_label, data.num_classes)
-    (h, w), ev = data.test_x.shape[-2:], cfg.data.events
-    inputs = InputSpec(kind=ev.kind, bins=ev.bins, normalize=ev.normalize,
-                       window_us=cfg.data.window_us, sensor=(w, h), size=(h, w))
-    package = save_method_package(work.parent, name, seed, result, inputs,
+    scores = score_segmentation(result.predict, data.test_x, data.test_label, data.num_classes)
+    package = save_method_package(work.parent, name, seed, result, input_spec(cfg, data),
                                   label_space=cfg.data.label_space)
     return Run(name, seed, scores, result.params, result.train_minutes, result, package)
+
+
+def input_spec(cfg: TransferBenchConfig, data: TransferData) -> InputSpec:
+    """How a recording becomes the inputs the benchmark trained on (for model packages)."""
+    ev, (h, w) = cfg.data.events, data.test_x.shape[-2:]
+    common = dict(kind=ev.kind, bins=ev.bins, normalize=ev.normalize, size=(h, w))
+    if cfg.real.target == "dsec_semantic":
+        d = cfg.real.dsec
+        return InputSpec(**common, num_windows=d.num_windows, window_events=d.events_per_window,
+                         sensor=(640, 480), crop_bottom=d.crop_bottom)
+    if cfg.real.target == "ddd17":
+        # ESS resizes 260 x 346 to 260 x 352 and then cuts the bottom 60 rows; cutting first
+        # and resizing 200 x 346 to 200 x 352 is the same (the rows are not resampled)
+        d = cfg.real.ddd17
+        return InputSpec(**common, num_windows=d.num_windows, window_events=d.events_per_window,
+                         sensor=(346, 260), crop_bottom=d.crop_bottom)
+    return InputSpec(**common, window_us=cfg.data.window_us, sensor=(w, h))
 
 
 def summarize(runs: list[Run]) -> dict:
@@ -153,11 +187,12 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_transfer(world: str | Path, methods: list[str], seeds: list[int], out: str | Path,
-                 cfg: TransferBenchConfig, *, device: str = "cpu",
+def run_transfer(world: str | Path | None, methods: list[str], seeds: list[int],
+                 out: str | Path, cfg: TransferBenchConfig, *, device: str = "cpu",
                  progress: bool = True) -> tuple[dict, list[Run]]:
-    """Run the table and write `out/results.json` and `out/results.md`."""
-    world, out = Path(world), Path(out)
+    """Run the table and write `out/results.json` and `out/results.md` (`world` None: the
+    real scenario `cfg.real`)."""
+    world, out = (Path(world) if world is not None else None), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in seeds:
@@ -169,7 +204,8 @@ def run_transfer(world: str | Path, methods: list[str], seeds: list[int], out: s
                 print(f"{name} seed {seed}: mIoU {run.scores['miou']:.2f} acc "
                       f"{run.scores['acc']:.2f} ({(time.perf_counter() - start) / 60:.1f} min)")
     summary = summarize(runs)
-    summary["world"] = str(world)
+    summary["world" if world is not None else "real"] = (
+        str(world) if world is not None else asdict(cfg.real))
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     (out / "results.md").write_text(markdown(summary))
     return summary, runs

@@ -365,7 +365,8 @@ def _add_world_args(p, world: str | None = "small",
 def _add_train(sub) -> None:
     from evtransfer.methods import METHODS
 
-    p = sub.add_parser("train", help="train one transfer method on a world (resumable)")
+    p = sub.add_parser("train", help="train one transfer method on a world or a real scenario "
+                       "(the config's real: section) (resumable)")
     p.add_argument("method", choices=sorted(METHODS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, metavar="PATH",
@@ -428,7 +429,7 @@ def _run_train(args) -> int:
               f"δ1 {r['d1_mean']:.3f} (results in {args.out})")
         _print_package(runs[0])
         return 0
-    world = _world_root(args.world, args.out, args.device)
+    world = None if cfg.real.target else _world_root(args.world, args.out, args.device)
     summary, runs = run_transfer(world, [args.method], [args.seed], args.out, cfg,
                                  device=args.device)
     r = summary["methods"][args.method]
@@ -454,7 +455,7 @@ def _run_bench_transfer(args) -> int:
                else "source_only,recon_source,cmess,oracle")
     methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     cfg = _bench_config(args)
-    real = depth and bool(cfg.depth_real.source)  # a real scenario needs no world
+    real = bool(cfg.depth_real.source if depth else cfg.real.target)  # needs no world
     world = None if real else _world_root(args.world, args.out, args.device)
     run = run_depth_transfer if depth else run_transfer
     summary, _ = run(world, methods, list(range(args.seeds)), args.out, cfg, device=args.device)

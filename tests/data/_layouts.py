@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from evtransfer.events import Events
 from evtransfer.io.dsec import write_events_h5, write_rectify_map
@@ -77,3 +78,26 @@ def mvsec_pair(folder: Path, sequence: str, t_us, x, y, p, depth_ts_us, *, empty
             depth[:, 0, 0] = np.nan
             f.create_dataset("davis/left/depth_image_rect", data=depth)
         f.create_dataset("davis/left/depth_image_rect_ts", data=np.asarray(depth_ts_us) / 1e6)
+
+
+# labelIds of road, building, vegetation, sky, person, car and 0 (unlabeled -> ignore)
+CITYSCAPES_IDS = (7, 11, 21, 23, 24, 26, 0)
+
+
+def cityscapes_split(root: Path, split: str, n: int, size: tuple[int, int] = (64, 128),
+                     seed: int = 0) -> Path:
+    """Cityscapes `leftImg8bit/<split>/<city>/` images with `gtFine` labelIds: image i has
+    vertical stripes of CITYSCAPES_IDS (rolled by i) and a random RGB texture."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for i in range(n):
+        city = ("aachen", "bochum")[i % 2]
+        stem = f"{city}_{i:06d}_000019"
+        img_dir, gt_dir = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
+        img_dir.mkdir(parents=True, exist_ok=True)
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        stripes = np.roll(np.repeat(np.array(CITYSCAPES_IDS, np.uint8), -(-w // 7))[:w], i)
+        write_label_png(gt_dir / f"{stem}_gtFine_labelIds.png", np.tile(stripes, (h, 1)))
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(img_dir / f"{stem}_leftImg8bit.png")
+    return root

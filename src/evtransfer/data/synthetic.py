@@ -14,6 +14,7 @@ its label, and the grayscale intensity at the window's end (pairs for reconstruc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -85,13 +86,15 @@ def synthesize(source, cfg: SyntheticConfig, *, device: str | torch.device = "cp
     raise ValueError(f"synthetic mode must be 'motion' or 'video', got {cfg.mode!r}")
 
 
-def _motion(source, cfg: SyntheticConfig, device, progress: bool) -> SyntheticSet:
+def motion_chunks(source, cfg: SyntheticConfig, *, device: str | torch.device = "cpu",
+                  progress: bool = True) -> Iterator[SyntheticSet]:
+    """The `motion` recipe of `synthesize`, `cfg.batch` pseudo-videos at a time, so a large
+    source (Cityscapes) streams to disk instead of being held in memory."""
     items = [(i, v) for i in range(len(source)) for v in range(cfg.variants)]
-    events, labels, images = [], [], []
     for start in tqdm(range(0, len(items), cfg.batch), desc="synthetic events",
                       disable=not progress):
         chunk = items[start:start + cfg.batch]
-        gray, hs = [], []
+        gray, hs, labels = [], [], []
         for i, v in chunk:
             sample = source[i]
             h, w = sample["label"].shape
@@ -103,9 +106,14 @@ def _motion(source, cfg: SyntheticConfig, device, progress: bool) -> SyntheticSe
             labels.append(warp(sample["label"], path.homographies[-1:], kind="label")[0])
             hs.append(path)
         frames = torch.stack(gray, 1)  # (T, B, H, W)
-        events += _simulate(frames, hs[0].t_us, cfg, cfg.seed + start, device)
-        images.append(frames[-1])
-    return SyntheticSet(events, torch.stack(labels).long(), torch.cat(images).float())
+        events = _simulate(frames, hs[0].t_us, cfg, cfg.seed + start, device)
+        yield SyntheticSet(events, torch.stack(labels).long(), frames[-1].float())
+
+
+def _motion(source, cfg: SyntheticConfig, device, progress: bool) -> SyntheticSet:
+    parts = list(motion_chunks(source, cfg, device=device, progress=progress))
+    return SyntheticSet([e for p in parts for e in p.events], torch.cat([p.labels for p in parts]),
+                        torch.cat([p.images for p in parts]))
 
 
 def _video(source, cfg: SyntheticConfig, device, progress: bool) -> SyntheticSet:

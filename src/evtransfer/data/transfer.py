@@ -9,6 +9,11 @@
 The oracle alone reads `target_train_labels`. Representations are voxel grids (ESS/E2VID form:
 `bins` bins, summed polarity, optionally normalised over non-zero entries). Everything is
 cached as safetensors under `cache_dir`, keyed by the config, so methods and seeds share it.
+
+The same tensors come from real data with `load_real_transfer_data`: Cityscapes as the source
+(`data.cityscapes`, ESS geometry), DSEC-Semantic or DDD17 as the target (`data.dsec_semantic`,
+`data.ddd17`, ESS protocol). They are written item by item into .npy files and memory-mapped,
+so a full DSEC-Semantic split (8 082 windows) never has to fit in memory.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from evtransfer.data.synthetic import SyntheticConfig, synthesize
+from evtransfer.data.cityscapes import CityscapesConfig, CityscapesSegmentation
+from evtransfer.data.ddd17 import Ddd17Config, Ddd17Segmentation
+from evtransfer.data.dsec_semantic import DsecSemantic, DsecSemanticConfig
+from evtransfer.data.synthetic import SyntheticConfig, motion_chunks, synthesize
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
 from evtransfer.events import Events
 from evtransfer.represent import evsegnet_encoding, histogram, normalize_nonzero, voxel_grid
@@ -151,3 +160,189 @@ def target_train_labels(world: str | Path, cfg: TransferDataConfig, *,
                         cache_dir: str | Path | None = None) -> torch.Tensor:
     """Labels of the target train split: the oracle's supervision, hidden from the methods."""
     return _cached(Path(world), cfg, cache_dir, progress=False)["target_label"].long()
+
+
+# --- real data ------------------------------------------------------------------------------
+REAL_TARGETS = {"dsec_semantic": "test", "ddd17": "valid"}  # target -> its evaluation split
+# code: uzh-rpg/ess (DSEC: val = test, ESS issue #12; DDD17: reported on dir[1], "valid")
+
+
+@dataclass(frozen=True)
+class RealTransferConfig:
+    """A real scenario: Cityscapes → DSEC-Semantic or DDD17. `target` "" means: the world.
+
+    Target samples follow the target's dataset config; a CMESS-style single window is
+    `num_windows: 1`, ESS's recurrent input is its default 20 windows (20 × bins channels).
+    `max_*` > 0 keeps that many evenly spaced items (quick runs); 0 keeps all."""
+
+    target: str = ""  # dsec_semantic | ddd17 | "" (the world)
+    target_root: str = ""
+    test_split: str = ""  # "" = the protocol's (DSEC-Semantic: test, DDD17: valid)
+    source: CityscapesConfig = field(default_factory=CityscapesConfig)
+    dsec: DsecSemanticConfig = field(default_factory=DsecSemanticConfig)
+    ddd17: Ddd17Config = field(default_factory=Ddd17Config)
+    max_source: int = 0
+    max_train: int = 0
+    max_test: int = 0
+    cache_dir: str = ""  # "" = the folder the caller passes (the benchmark's out/cache)
+
+    def __post_init__(self) -> None:
+        if self.target and self.target not in REAL_TARGETS:
+            raise ValueError(f"real.target must be one of {sorted(REAL_TARGETS)} or '', got "
+                             f"{self.target!r}")
+
+
+_ARRAYS = ("source_rgb", "source_label", "synth_x", "synth_label", "synth_gray", "target_x",
+           "target_label", "test_x", "test_label")
+
+
+def _spread(n: int, cap: int) -> np.ndarray:
+    """`cap` evenly spaced indices of range(n) (all of them when cap is 0 or >= n)."""
+    if cap <= 0 or cap >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+
+
+class _Subset:
+    def __init__(self, base, indices: np.ndarray):
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[int(self.indices[i])]
+
+
+def _target(real: RealTransferConfig, cfg: TransferDataConfig, split: str):
+    if real.target == "dsec_semantic":
+        return DsecSemantic(real.target_root, split, real.dsec, representation=cfg.events)
+    return Ddd17Segmentation(real.target_root, split, real.ddd17, representation=cfg.events)
+
+
+class _NpyWriter:
+    """One .npy array filled item by item through a memory map, renamed into place when full
+    (a killed build redoes only the arrays that were not finished)."""
+
+    def __init__(self, folder: Path, name: str, n: int, first: torch.Tensor):
+        self.path = folder / f"{name}.npy"
+        self.part = folder / f"{name}.npy.part"
+        dtype = np.uint8 if name.endswith("label") else np.float32
+        self.array = np.lib.format.open_memmap(self.part, mode="w+", dtype=dtype,
+                                               shape=(n, *first.shape))
+        self.n, self.i = n, 0
+
+    def add(self, values: torch.Tensor) -> None:
+        values = values.numpy()
+        if self.array.dtype == np.uint8 and (values.min() < 0 or values.max() > 255):
+            raise ValueError(f"{self.path.name}: labels outside 0..255")
+        self.array[self.i: self.i + len(values)] = values
+        self.i += len(values)
+
+    def close(self) -> None:
+        if self.i != self.n:
+            raise RuntimeError(f"{self.path}: wrote {self.i} of {self.n} items")
+        self.array.flush()
+        del self.array
+        self.part.replace(self.path)
+
+
+def _write_samples(folder: Path, dataset, keys: dict[str, str], what: str,
+                   progress: bool) -> None:
+    """Items of `dataset` into one array per `keys` entry (sample key -> array name)."""
+    if all((folder / f"{name}.npy").exists() for name in keys.values()):
+        return
+    if len(dataset) == 0:
+        raise ValueError(f"{what}: the dataset is empty")
+    writers = None
+    for i in tqdm(range(len(dataset)), desc=what, disable=not progress):
+        sample = dataset[i]
+        if writers is None:
+            writers = {k: _NpyWriter(folder, name, len(dataset), sample[k])
+                       for k, name in keys.items()}
+        for k, w in writers.items():
+            w.add(sample[k][None])
+    for w in writers.values():
+        w.close()
+
+
+def _write_synthetic(folder: Path, source, cfg: TransferDataConfig, progress: bool) -> None:
+    names = ("synth_x", "synth_label", "synth_gray")
+    if all((folder / f"{n}.npy").exists() for n in names):
+        return
+    if cfg.synthetic.mode != "motion":
+        raise ValueError("real data: the Cityscapes source is still images, so synthetic.mode "
+                         "must be 'motion'")
+    n = len(source) * cfg.synthetic.variants
+    writers = None
+    for part in motion_chunks(source, cfg.synthetic, progress=progress):
+        x = cfg.events(part.events)
+        if writers is None:
+            writers = [_NpyWriter(folder, name, n, t[0])
+                       for name, t in zip(names, (x, part.labels, part.images), strict=True)]
+        for w, t in zip(writers, (x, part.labels, part.images), strict=True):
+            w.add(t)
+    for w in writers:
+        w.close()
+
+
+def _real_key(real: RealTransferConfig, cfg: TransferDataConfig) -> str:
+    blob = json.dumps([{k: v for k, v in asdict(real).items() if k != "cache_dir"}, asdict(cfg)],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_real_transfer_data(real: RealTransferConfig, cfg: TransferDataConfig,
+                             cache_dir: str | Path, *, progress: bool = True) -> Path:
+    """Write (or finish writing) the cache folder of a real scenario; returns it."""
+    if not real.target:
+        raise ValueError("RealTransferConfig.target is empty: this scenario runs on the world")
+    folder = Path(real.cache_dir or cache_dir) / f"real_{_real_key(real, cfg)}"
+    if (folder / "done").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    source = CityscapesSegmentation(real.source, cfg.label_space)
+    source = _Subset(source, _spread(len(source), real.max_source))
+    train = _target(real, cfg, "train")
+    test = _target(real, cfg, real.test_split or REAL_TARGETS[real.target])
+    want = tuple(test[0]["representation"].shape[1:])
+    if real.source.size() != want:
+        raise ValueError(f"the source's size {real.source.size()} (real.source) differs from "
+                         f"the target windows' {want}: set real.source.resize_to / keep_top / "
+                         f"crop_width to the target geometry")
+    _write_samples(folder, source, {"rgb": "source_rgb", "label": "source_label"},
+                   "Cityscapes source", progress)
+    _write_synthetic(folder, source, cfg, progress)
+    _write_samples(folder, _Subset(train, _spread(len(train), real.max_train)),
+                   {"representation": "target_x", "label": "target_label"}, "target train",
+                   progress)
+    _write_samples(folder, _Subset(test, _spread(len(test), real.max_test)),
+                   {"representation": "test_x", "label": "test_label"}, "target test", progress)
+    (folder / "done").write_text(json.dumps({"real": asdict(real), "data": asdict(cfg)},
+                                            default=str))
+    return folder
+
+
+def _mapped(folder: Path, name: str) -> torch.Tensor:
+    """A memory-mapped array as a tensor (copy-on-write: never changes the file)."""
+    return torch.from_numpy(np.load(folder / f"{name}.npy", mmap_mode="c"))
+
+
+def load_real_transfer_data(real: RealTransferConfig, cfg: TransferDataConfig,
+                            cache_dir: str | Path, *, progress: bool = True) -> TransferData:
+    """The method-side tensors of a real scenario, memory-mapped from its cache (built on the
+    first call); target train labels withheld, no test RGB."""
+    folder = build_real_transfer_data(real, cfg, cache_dir, progress=progress)
+    t = {name: _mapped(folder, name) for name in _ARRAYS if name != "target_label"}
+    h, w = t["test_x"].shape[-2:]
+    # labels stay uint8 memory maps (8x smaller than int64); the losses widen each batch
+    return TransferData(cfg.num_classes, t["source_rgb"], t["source_label"], t["synth_x"],
+                        t["synth_label"], t["synth_gray"], t["target_x"], t["test_x"],
+                        t["test_label"], torch.zeros(0, 3, h, w))
+
+
+def real_target_labels(real: RealTransferConfig, cfg: TransferDataConfig,
+                       cache_dir: str | Path) -> torch.Tensor:
+    """Labels (K, H, W) uint8 of the real target train windows: the oracle's supervision."""
+    folder = build_real_transfer_data(real, cfg, cache_dir, progress=False)
+    return _mapped(folder, "target_label")

@@ -33,8 +33,8 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IG
               smooth: float = 1.0) -> torch.Tensor:
     """Multi-class soft Dice (ESS form): per class 1 - (2Σpg + s)/(Σp² + Σg² + s) summed over
     the batch, ignored pixels masked out of p and g, averaged over classes. logits (B, C, H, W),
-    target (B, H, W) int64."""
-    c = logits.shape[1]
+    target (B, H, W) integer."""
+    c, target = logits.shape[1], target.long()
     valid = (target != ignore_index).unsqueeze(1)
     p = logits.float().softmax(1) * valid
     g = F.one_hot(target.clamp(0, c - 1), c).permute(0, 3, 1, 2) * valid
@@ -46,7 +46,8 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IG
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 0.0,
                       ignore_index: int = IGNORE) -> torch.Tensor:
     """Cross-entropy (ignore 255) on logits upsampled to the target size, plus `dice_weight` ×
-    Dice. logits (B, C, h, w) at any stride, target (B, H, W) int64."""
+    Dice. logits (B, C, h, w) at any stride, target (B, H, W) integer (uint8 or int64)."""
+    target = target.long()
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
                                align_corners=False)

@@ -26,7 +26,7 @@ from evtransfer.engine.dense import (
     train_segmenter,
 )
 from evtransfer.models import create_model
-from evtransfer.models.weights import load_adapted
+from evtransfer.models.weights import load_adapted, load_pretrained
 from evtransfer.simulate import luminance
 
 
@@ -37,6 +37,8 @@ class StageConfig:
     segmenter: str = "segformer_b0"  # CMESS: SegFormer-B0 (3.71 M parameters)
     reconstructor: str = "e2vid"  # CMESS / ESS: E2VID, frozen at labeling time
     recon_base_channels: int = 16  # unpublished: our choice (E2VID uses 32; CPU budget)
+    recon_weights: str = ""  # a local E2VID-style checkpoint instead of training the stage
+    recon_weights_prefix: str = ""  # keep checkpoint keys under it (rpg_e2vid: unetrecurrent.)
     source_gray: bool = True  # unpublished: our choice (reconstructions are gray, as in ESS)
     source: FitConfig = field(default_factory=FitConfig)  # M_S
     synthetic: FitConfig = field(default_factory=lambda: FitConfig(lr=5e-4))  # M_T' from M_S
@@ -80,9 +82,13 @@ def train_synthetic_model(m_s: nn.Module, data: TransferData, cfg: StageConfig, 
 
 def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed: int, device,
                          progress: bool) -> tuple[nn.Module, float]:
-    """The E2VID-style network on simulated (window, frame) pairs; (model, minutes)."""
+    """The E2VID-style network on simulated (window, frame) pairs, or loaded from
+    `cfg.recon_weights` (0 minutes); (model, minutes)."""
     model = create_model(cfg.reconstructor, in_chans=data.synth_x.shape[1],
                          base_channels=cfg.recon_base_channels).to(device)
+    if cfg.recon_weights:
+        load_pretrained(model, cfg.recon_weights, prefix=cfg.recon_weights_prefix)
+        return model, 0.0
     run = stage_dir(root, "recon", cfg.reconstructor, cfg.recon_base_channels, cfg.recon, seed)
     minutes = train_reconstructor(model, data.synth_x, data.synth_gray, cfg.recon, run_dir=run,
                                   seed=seed, device=device, progress=progress)

@@ -79,17 +79,24 @@ def fuse(p_s: torch.Tensor, p_t: torch.Tensor, lam: float,
 
 
 def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data: TransferData,
-                         cfg: CmessConfig, out: Path, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo-labels of the unlabeled target windows, written to `out` (safetensors)."""
+                         cfg: CmessConfig, out: Path, device,
+                         chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo-labels (K, H, W) uint8 of the unlabeled target windows and their confidence,
+    written to `out` (safetensors); `chunk` windows at a time, so only labels are held."""
     if out.exists():
         saved = load_file(out)
-        return saved["label"].long(), saved["confidence"].float()
-    p_s = recon_then_segment(recon, m_s, data.target_x, cfg.stages, device)
-    p_t = segment(m_t, data.target_x, device=device)
-    label, conf = fuse(p_s, p_t, cfg.fuse_lambda, cfg.confidence)
+        return saved["label"], saved["confidence"]
+    labels, confs = [], []
+    for i in range(0, len(data.target_x), chunk):
+        x = data.target_x[i:i + chunk]
+        p_s = recon_then_segment(recon, m_s, x, cfg.stages, device)
+        label, conf = fuse(p_s, segment(m_t, x, device=device), cfg.fuse_lambda, cfg.confidence)
+        labels.append(label.to(torch.uint8))
+        confs.append(conf.half())
+    label, conf = torch.cat(labels), torch.cat(confs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    save_file({"label": label.to(torch.uint8), "confidence": conf.half()}, tmp)
+    save_file({"label": label, "confidence": conf}, tmp)
     tmp.replace(out)
     return label, conf
 

@@ -159,14 +159,12 @@ class EssSegmenter(nn.Module):
 def event_encoder(data: TransferData, cfg: EssConfig, root: Path, seed: int, device,
                   progress: bool) -> tuple[nn.Module, dict[str, float]]:
     """The frozen E2VID: user weights, or the shared reconstruction stage; (model, minutes)."""
+    stages = cfg.stages
     if cfg.event_encoder_weights:
-        model = create_model(cfg.stages.reconstructor, in_chans=data.synth_x.shape[1],
-                             base_channels=cfg.stages.recon_base_channels)
-        load_pretrained(model, cfg.event_encoder_weights, prefix=cfg.event_encoder_prefix)
-        model, minutes = model.to(device), {}
-    else:
-        model, t = train_reconstruction(data, cfg.stages, root, seed, device, progress)
-        minutes = {"recon": t}
+        stages = replace(stages, recon_weights=cfg.event_encoder_weights,
+                         recon_weights_prefix=cfg.event_encoder_prefix)
+    model, t = train_reconstruction(data, stages, root, seed, device, progress)
+    minutes = {} if cfg.event_encoder_weights else {"recon": t}
     model.requires_grad_(False)
     return model.eval(), minutes
 
