@@ -45,3 +45,22 @@ def test_demo_writes_its_report(tiny_world, tmp_path):
     assert set(report["methods"]) == {"source_only", "recon_source", "cmess", "oracle"}
     assert all({"miou", "acc", "minutes"} <= r.keys() for r in report["methods"].values())
     assert (out / "report.png").stat().st_size > 1000
+
+
+def test_train_cmess_with_the_dsec_config_needs_no_world(tmp_path, capsys):
+    """configs/cmess/dsec.yaml unchanged but for the data roots (and sizes / budgets that fit
+    a test), on Cityscapes + DSEC-Semantic fixtures in the official layouts."""
+    from tests.data.test_transfer_real import SEQ, dsec_real_roots
+
+    cs, dsec = dsec_real_roots(tmp_path)
+    sets = [f"real.target_root={dsec}", f"real.source.root={cs}", "real.source.resize_to=[44,64]",
+            "real.dsec.resize_to=[44,64]", "real.dsec.events_per_window=400",
+            f"real.dsec.sequences=[{SEQ}]", "data.synthetic.frames=5",
+            "stages.recon_base_channels=8"]
+    sets += [f"{s}.{k}={v}" for s in ("stages.source", "stages.synthetic", "stages.recon",
+                                      "cmess.cml") for k, v in (("steps", 2), ("warmup_steps", 1))]
+    out = tmp_path / "run"
+    args = ["train", "cmess", "--config", "configs/cmess/dsec.yaml", "--out", str(out)]
+    assert main([*args, *(a for s in sets for a in ("--set", s))]) == 0
+    assert "cmess: mIoU" in capsys.readouterr().out
+    assert not list(out.glob("world*")) and list((out / "cache").glob("real_*"))
