@@ -122,6 +122,7 @@ class DvsSimulator:
         self._upper: torch.Tensor | None = None
         self._lower: torch.Tensor | None = None
         self._last_event: torch.Tensor | None = None
+        self._state: np.ndarray | None = None  # numba: (B·H·W, 4) upper, lower, ref, prev
 
     def _numba_kernels(self):
         """The numba kernel module when this simulator uses it, else None."""
@@ -194,19 +195,17 @@ class DvsSimulator:
         """One interval through the fused CPU kernels (same model and order as the torch path)."""
         k, npix = self._kernels, self.height * self.width
         cand = self._candidates
-        m, total = k.crossing_pixels(
-            intensity.numpy().reshape(-1), self._prev.numpy().reshape(-1),
-            self._ref.numpy().reshape(-1), self._upper.numpy().reshape(-1),
-            self._lower.numpy().reshape(-1), self._cp_flat, self._cn_flat, self.config.eps,
-            npix, float(dt), *cand)
+        m, total = k.crossing_pixels(intensity.numpy().reshape(-1), self._state, self._cp_flat,
+                                     self._cn_flat, self.config.eps, npix, float(dt), *cand)
         last = self._last_event.numpy().reshape(-1) if self._last_event is not None else cand[0]
         period = int(self.config.refractory_us) if self._last_event is not None else -1
         src, off, pol, hist = k.crossing_events(*cand, m, total, t0, dt, npix, self.batch, last,
                                                 period)
         x, y, t, p, starts = k.counting_sort(src, off, pol, hist, t0, dt, npix, self.width,
                                              self.batch)
+        # valid by construction (pixels on the sensor, p = ±1, sorted by the counting sort)
         return [
-            Events(x[i:j], y[i:j], t[i:j], p[i:j], self.width, self.height)
+            Events._trusted(x[i:j], y[i:j], t[i:j], p[i:j], self.width, self.height)
             for i, j in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True)
         ]
 
@@ -215,12 +214,22 @@ class DvsSimulator:
 
     def _start(self, intensity: torch.Tensor, t: int) -> None:
         log_i = self._log(intensity)
-        self._ref = log_i.clone()
-        self._prev = intensity.clone() if self._linear else log_i
+        if self._kernels is not None:
+            # the kernels keep (upper, lower, ref, prev) of a pixel side by side; the torch
+            # tensors (for intervals too long for the kernels' sort) are strided views of it
+            self._state = np.empty((log_i.numel(), 4))
+            views = [torch.from_numpy(self._state[:, k]).view(log_i.shape) for k in range(4)]
+            self._upper, self._lower, self._ref, self._prev = views
+            self._ref.copy_(log_i)
+            self._prev.copy_(intensity)
+        else:
+            self._ref = log_i.clone()
+            self._prev = intensity.clone() if self._linear else log_i
+            if self._linear:
+                self._upper = torch.empty_like(log_i)
+                self._lower = torch.empty_like(log_i)
         if self._linear:
-            self._upper = torch.empty_like(log_i)
-            self._lower = torch.empty_like(log_i)
-            self._set_ref(None)
+            self._start_bounds(intensity)
         self._t = t
         if self.config.refractory_us > 0:
             self._last_event = torch.full_like(log_i, _NEVER, dtype=torch.int64)
@@ -232,14 +241,19 @@ class DvsSimulator:
                 np.ascontiguousarray(c.numpy().reshape(-1)) if isinstance(c, torch.Tensor)
                 else np.array([c]) for c in (self._cp, self._cn))
 
-    def _set_ref(self, idx: torch.Tensor | None, ref: torch.Tensor | None = None) -> None:
-        """Store the references `ref` of the flat pixels `idx` (all pixels if None) and, in
-        linear mode, their linear-intensity bounds exp(ref + C+) - eps and exp(ref - C-) - eps."""
+    def _start_bounds(self, intensity: torch.Tensor) -> None:
+        """Linear-intensity bounds of the references log(I + eps) set by `_start`:
+        exp(ref ± C) - eps = (I + eps)·exp(±C) - eps, without a log or exp per pixel."""
+        eps = self.config.eps
+        shifted = intensity + eps
+        for out, c in ((self._upper, self._cp), (self._lower, -self._cn)):
+            factor = c.exp() if isinstance(c, torch.Tensor) else math.exp(c)
+            torch.mul(shifted, factor, out=out).sub_(eps)
+
+    def _set_ref(self, idx: torch.Tensor, ref: torch.Tensor) -> None:
+        """Store the references `ref` of the flat pixels `idx` and, in linear mode, their
+        linear-intensity bounds exp(ref + C+) - eps and exp(ref - C-) - eps."""
         eps, npix = self.config.eps, self.height * self.width
-        if idx is None:
-            torch.sub(torch.exp(self._ref + self._cp), eps, out=self._upper)
-            torch.sub(torch.exp(self._ref - self._cn), eps, out=self._lower)
-            return
         self._ref.view(-1)[idx] = ref
         if self._linear:
             self._upper.view(-1)[idx] = torch.exp(ref + _at(self._cp, idx, npix)) - eps
