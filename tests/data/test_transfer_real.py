@@ -96,6 +96,9 @@ def test_mismatched_geometry_and_bad_config_are_refused(dsec_roots, tmp_path):
     wrong = RealTransferConfig(**{**real.__dict__, "source": CityscapesConfig(str(cs))})
     with pytest.raises(ValueError, match=r"source's size \(440, 640\) .* \(44, 64\)"):
         build_real_transfer_data(wrong, cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="gives 11 classes .* 'ddd17' and num_classes 6"):
+        build_real_transfer_data(real, TransferDataConfig(label_space="ddd17", num_classes=6),
+                                 tmp_path)
     with pytest.raises(ValueError, match="real.target must be one of"):
         RealTransferConfig(target="kitti")
     with pytest.raises(ValueError, match="runs on the world"):

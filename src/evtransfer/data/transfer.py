@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from evtransfer.data.cityscapes import CityscapesConfig, CityscapesSegmentation
@@ -203,15 +204,15 @@ def _spread(n: int, cap: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
 
 
-class _Subset:
-    def __init__(self, base, indices: np.ndarray):
-        self.base, self.indices = base, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        return self.base[int(self.indices[i])]
+def _check_labels(real: RealTransferConfig, cfg: TransferDataConfig) -> None:
+    """The target's label files and the benchmark's label space must be the same classes."""
+    space, classes = (("ddd17", 6) if real.target == "ddd17" else
+                      ({11: "dsec11", 19: "cityscapes19"}.get(real.dsec.num_classes),
+                       real.dsec.num_classes))
+    if (cfg.label_space, cfg.num_classes) != (space, classes):
+        raise ValueError(f"real.target {real.target} gives {classes} classes ({space}) but "
+                         f"data has label_space {cfg.label_space!r} and num_classes "
+                         f"{cfg.num_classes}")
 
 
 def _target(real: RealTransferConfig, cfg: TransferDataConfig, split: str):
@@ -300,9 +301,10 @@ def build_real_transfer_data(real: RealTransferConfig, cfg: TransferDataConfig,
     folder = Path(real.cache_dir or cache_dir) / f"real_{_real_key(real, cfg)}"
     if (folder / "done").exists():
         return folder
+    _check_labels(real, cfg)
     folder.mkdir(parents=True, exist_ok=True)
     source = CityscapesSegmentation(real.source, cfg.label_space)
-    source = _Subset(source, _spread(len(source), real.max_source))
+    source = Subset(source, _spread(len(source), real.max_source))
     train = _target(real, cfg, "train")
     test = _target(real, cfg, real.test_split or REAL_TARGETS[real.target])
     want = tuple(test[0]["representation"].shape[1:])
@@ -313,10 +315,10 @@ def build_real_transfer_data(real: RealTransferConfig, cfg: TransferDataConfig,
     _write_samples(folder, source, {"rgb": "source_rgb", "label": "source_label"},
                    "Cityscapes source", progress)
     _write_synthetic(folder, source, cfg, progress)
-    _write_samples(folder, _Subset(train, _spread(len(train), real.max_train)),
+    _write_samples(folder, Subset(train, _spread(len(train), real.max_train)),
                    {"representation": "target_x", "label": "target_label"}, "target train",
                    progress)
-    _write_samples(folder, _Subset(test, _spread(len(test), real.max_test)),
+    _write_samples(folder, Subset(test, _spread(len(test), real.max_test)),
                    {"representation": "test_x", "label": "test_label"}, "target test", progress)
     (folder / "done").write_text(json.dumps({"real": asdict(real), "data": asdict(cfg)},
                                             default=str))
