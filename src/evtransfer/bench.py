@@ -314,8 +314,6 @@ def run_depth_transfer(world: str | Path | None, methods: list[str], seeds: list
                        progress: bool = True) -> tuple[dict, list[Run]]:
     """The depth table (`cfg.bicross` settings; data: `cfg.depth` on `world`, or the real
     scenario `cfg.depth_real` when its source is set): `out/results.json` and `.md`."""
-    if world is None and not cfg.real.target:
-        raise ValueError("no world given and the config's real.target is empty")
     world, out = (Path(world) if world is not None else None), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
