@@ -66,3 +66,15 @@ def test_train_cmess_runs_all_stages_and_resumes(tiny_world, tmp_path):
     changed = train_cmess(data, replace(cfg, fuse_lambda=0.9), tmp_path / "run", progress=False)
     assert changed.minutes["M_S"] == result.minutes["M_S"]  # only TPL and CML are redone
     assert len(list((tmp_path / "run").glob("TPL-*"))) == 2
+
+
+def test_class_thresholds_keep_the_most_confident_fraction_of_each_class():
+    from evtransfer.methods.cmess import class_thresholds
+
+    label = torch.tensor([0] * 10 + [1] * 4)
+    conf = torch.cat([torch.linspace(0.05, 0.95, 10), torch.tensor([0.2, 0.3, 0.4, 0.45])])
+    thr = class_thresholds(label, conf, num_classes=3, fraction=0.5)
+    kept = conf >= thr[label]
+    assert kept[:10].sum() == 5 and kept[:10][5:].all()  # the top half of class 0
+    assert kept[10:].tolist() == [False, False, True, True]
+    assert thr[2] == 1.0  # never predicted

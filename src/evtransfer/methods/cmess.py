@@ -60,6 +60,10 @@ class CmessConfig:
     stages: StageConfig = field(default_factory=StageConfig)  # M_S, M_T' and E2VID
     fuse_lambda: float = 0.2  # unpublished: our choice (λ in P* = λ P_S + (1-λ) P_T)
     confidence: float = 0.7  # unpublished: our choice (pixels with max P* below: ignored)
+    # unpublished: our choice. > 0: class-balanced selection (CBST, Zou et al., ECCV 2018):
+    # a pixel predicted as class c is also kept when it is among the most confident
+    # `class_fraction` of the class-c pixels, so rarely confident classes keep pseudo-labels
+    class_fraction: float = 0.0
     cml: FitConfig = field(default_factory=lambda: FitConfig(lr=5e-4))  # from M_T'
     cross_stages: tuple[int, ...] = (2, 3)  # unpublished: our choice (the semantic stages)
     kd_temperature: float = 2.0  # unpublished: our choice (Hinton's T)
@@ -78,22 +82,41 @@ def fuse(p_s: torch.Tensor, p_t: torch.Tensor, lam: float,
     return torch.where(conf >= confidence, label, torch.full_like(label, 255)), conf
 
 
+def class_thresholds(label: torch.Tensor, conf: torch.Tensor, num_classes: int,
+                     fraction: float, bins: int = 1000) -> torch.Tensor:
+    """(num_classes,) confidences above which the most confident `fraction` of the pixels of
+    each predicted class lie (1 for a class never predicted); from a `bins`-bin histogram."""
+    b = (conf.float() * bins).long().clamp_(0, bins - 1)
+    hist = torch.bincount((label.long() * bins + b).flatten(),
+                          minlength=num_classes * bins).view(num_classes, bins)
+    above = hist.flip(1).cumsum(1).flip(1)  # above[c, k]: pixels of class c in bins >= k
+    need = (fraction * hist.sum(1)).clamp_min(1)
+    k = (above >= need[:, None]).sum(1) - 1  # the highest bin holding the top fraction
+    return torch.where(k >= 0, k.float() / bins, torch.ones(num_classes))
+
+
 def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data: TransferData,
                          cfg: CmessConfig, out: Path, device,
                          chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pseudo-labels (K, H, W) uint8 of the unlabeled target windows and their confidence,
-    written to `out` (safetensors); `chunk` windows at a time, so only labels are held."""
+    """Pseudo-labels (K, H, W) uint8 (255: ignored) of the unlabeled target windows and their
+    confidence, written to `out` (safetensors); `chunk` windows at a time, so only labels
+    are held."""
     if out.exists():
         saved = load_file(out)
         return saved["label"], saved["confidence"]
-    labels, confs = [], []
+    labels, confs, keeps = [], [], []
     for i in range(0, len(data.target_x), chunk):
         x = data.target_x[i:i + chunk]
         p_s = recon_then_segment(recon, m_s, x, cfg.stages, device)
-        label, conf = fuse(p_s, segment(m_t, x, device=device), cfg.fuse_lambda, cfg.confidence)
+        label, conf = fuse(p_s, segment(m_t, x, device=device), cfg.fuse_lambda, 0.0)
         labels.append(label.to(torch.uint8))
         confs.append(conf.half())
-    label, conf = torch.cat(labels), torch.cat(confs)
+        keeps.append(conf >= cfg.confidence)
+    label, conf, keep = torch.cat(labels), torch.cat(confs), torch.cat(keeps)
+    if cfg.class_fraction > 0:
+        floor = class_thresholds(label, conf, data.num_classes, cfg.class_fraction)
+        keep |= conf >= floor.to(conf.dtype)[label.long()]
+    label = torch.where(keep, label, torch.full_like(label, 255))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     save_file({"label": label, "confidence": conf}, tmp)
@@ -159,7 +182,8 @@ def train_cmess(data: TransferData, cfg: CmessConfig, root: str | Path, *, seed:
     m_s, t_s = train_source_model(data, cfg.stages, root, seed, device, progress)
     m_t, t_t = train_synthetic_model(m_s, data, cfg.stages, root, seed, device, progress)
     recon, t_r = train_reconstruction(data, cfg.stages, root, seed, device, progress)
-    tpl = stage_dir(root, "TPL", cfg.stages, cfg.fuse_lambda, cfg.confidence, seed)
+    tpl = stage_dir(root, "TPL", cfg.stages, cfg.fuse_lambda, cfg.confidence, cfg.class_fraction,
+                    seed)
     pseudo, _ = target_path_labeling(m_s, m_t, recon, data, cfg, tpl / "pseudo.safetensors",
                                      device)
     cml_dir = stage_dir(root, "CML", cfg, seed)
