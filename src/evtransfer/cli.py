@@ -354,7 +354,8 @@ def _add_world_args(p, world: str | None = "small",
                     config: str = "benchmark/method YAML (TransferBenchConfig)",
                     example: str = "cmess.fuse_lambda=0.7") -> None:
     p.add_argument("--world", default=world,
-                   help="a world preset (tiny, small, full), a world YAML, or a built world folder")
+                   help="a world preset (tiny, small, full), a world YAML, or a built world folder "
+                        "(not used when the config's real: section names a dataset)")
     p.add_argument("--config", default=None, help=config)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config field, e.g. --set {example}")
