@@ -99,6 +99,9 @@ def test_mismatched_geometry_and_bad_config_are_refused(dsec_roots, tmp_path):
     with pytest.raises(ValueError, match="gives 11 classes .* 'ddd17' and num_classes 6"):
         build_real_transfer_data(real, TransferDataConfig(label_space="ddd17", num_classes=6),
                                  tmp_path)
+    with pytest.raises(ValueError, match="set real.dsec.subpixel: false"):
+        build_real_transfer_data(real, TransferDataConfig(events=EventInput(kind="histogram")),
+                                 tmp_path)
     with pytest.raises(ValueError, match="real.target must be one of"):
         RealTransferConfig(target="kitti")
     with pytest.raises(ValueError, match="runs on the world"):

@@ -204,8 +204,13 @@ def _spread(n: int, cap: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
 
 
-def _check_labels(real: RealTransferConfig, cfg: TransferDataConfig) -> None:
-    """The target's label files and the benchmark's label space must be the same classes."""
+def _check_config(real: RealTransferConfig, cfg: TransferDataConfig) -> None:
+    """The target's label files and the benchmark's label space must be the same classes, and
+    sub-pixel rectification needs a representation that splats (the voxel grid)."""
+    if real.target == "dsec_semantic" and real.dsec.subpixel and cfg.events.kind != "voxel":
+        raise ValueError(f"real.dsec.subpixel splats sub-pixel events, which only the voxel "
+                         f"grid does; set real.dsec.subpixel: false for events.kind "
+                         f"{cfg.events.kind!r}")
     space, classes = (("ddd17", 6) if real.target == "ddd17" else
                       ({11: "dsec11", 19: "cityscapes19"}.get(real.dsec.num_classes),
                        real.dsec.num_classes))
@@ -301,7 +306,7 @@ def build_real_transfer_data(real: RealTransferConfig, cfg: TransferDataConfig,
     folder = Path(real.cache_dir or cache_dir) / f"real_{_real_key(real, cfg)}"
     if (folder / "done").exists():
         return folder
-    _check_labels(real, cfg)
+    _check_config(real, cfg)
     folder.mkdir(parents=True, exist_ok=True)
     source = CityscapesSegmentation(real.source, cfg.label_space)
     source = Subset(source, _spread(len(source), real.max_source))
