@@ -187,6 +187,32 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _run_table(run_one, line, summarize_fn, markdown_fn, where: tuple[str, object],
+               methods: list[str], seeds: list[int], out: Path,
+               progress: bool) -> tuple[dict, list[Run]]:
+    """Every method × seed through `run_one(name, seed)`, then `out/results.json` (the summary
+    plus `where`, the world or the real scenario) and `out/results.md`."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in seeds:
+        for name in methods:
+            start = time.perf_counter()
+            run = run_one(name, seed)
+            runs.append(run)
+            if progress:
+                print(f"{name} seed {seed}: {line(run.scores)} "
+                      f"({(time.perf_counter() - start) / 60:.1f} min)")
+    summary = summarize_fn(runs)
+    summary[where[0]] = where[1]
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    (out / "results.md").write_text(markdown_fn(summary))
+    return summary, runs
+
+
+def _where(world: Path | None, real) -> tuple[str, object]:
+    return ("world", str(world)) if world is not None else ("real", asdict(real))
+
+
 def run_transfer(world: str | Path | None, methods: list[str], seeds: list[int],
                  out: str | Path, cfg: TransferBenchConfig, *, device: str = "cpu",
                  progress: bool = True) -> tuple[dict, list[Run]]:
@@ -195,22 +221,11 @@ def run_transfer(world: str | Path | None, methods: list[str], seeds: list[int],
     if world is None and not cfg.real.target:
         raise ValueError("no world given and the config's real.target is empty")
     world, out = (Path(world) if world is not None else None), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for seed in seeds:
-        for name in methods:
-            start = time.perf_counter()
-            run = run_method(name, world, cfg, seed, out / "work", torch.device(device), progress)
-            runs.append(run)
-            if progress:
-                print(f"{name} seed {seed}: mIoU {run.scores['miou']:.2f} acc "
-                      f"{run.scores['acc']:.2f} ({(time.perf_counter() - start) / 60:.1f} min)")
-    summary = summarize(runs)
-    summary["world" if world is not None else "real"] = (
-        str(world) if world is not None else asdict(cfg.real))
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "results.md").write_text(markdown(summary))
-    return summary, runs
+    return _run_table(
+        lambda name, seed: run_method(name, world, cfg, seed, out / "work", torch.device(device),
+                                      progress),
+        lambda s: f"mIoU {s['miou']:.2f} acc {s['acc']:.2f}", summarize, markdown,
+        _where(world, cfg.real), methods, seeds, out, progress)
 
 
 def gap_closed(summary: dict, method: str = "cmess") -> float:
@@ -315,21 +330,9 @@ def run_depth_transfer(world: str | Path | None, methods: list[str], seeds: list
     """The depth table (`cfg.bicross` settings; data: `cfg.depth` on `world`, or the real
     scenario `cfg.depth_real` when its source is set): `out/results.json` and `.md`."""
     world, out = (Path(world) if world is not None else None), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for seed in seeds:
-        for name in methods:
-            start = time.perf_counter()
-            run = run_depth_method(name, world, cfg, seed, out / "work", torch.device(device),
-                                   progress)
-            runs.append(run)
-            if progress:
-                print(f"{name} seed {seed}: AbsRel {run.scores['abs_rel']:.3f} RMSE "
-                      f"{run.scores['rmse']:.3f} δ1 {run.scores['d1']:.3f} "
-                      f"({(time.perf_counter() - start) / 60:.1f} min)")
-    summary = summarize_depth(runs)
-    summary["world" if world is not None else "real"] = (
-        str(world) if world is not None else asdict(cfg.depth_real))
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    (out / "results.md").write_text(markdown_depth(summary))
-    return summary, runs
+    return _run_table(
+        lambda name, seed: run_depth_method(name, world, cfg, seed, out / "work",
+                                            torch.device(device), progress),
+        lambda s: f"AbsRel {s['abs_rel']:.3f} RMSE {s['rmse']:.3f} δ1 {s['d1']:.3f}",
+        summarize_depth, markdown_depth, _where(world, cfg.depth_real), methods, seeds, out,
+        progress)

@@ -421,21 +421,15 @@ def _run_train(args) -> int:
     from evtransfer.methods import DEPTH_METHODS
 
     cfg = _bench_config(args)
-    if args.method in DEPTH_METHODS:
-        world = None if cfg.depth_real.source else _world_root(args.world, args.out, args.device)
-        summary, runs = run_depth_transfer(world, [args.method], [args.seed], args.out, cfg,
-                                           device=args.device)
-        r = summary["methods"][args.method]
-        print(f"{args.method}: AbsRel {r['abs_rel_mean']:.3f}, RMSE {r['rmse_mean']:.3f}, "
-              f"δ1 {r['d1_mean']:.3f} (results in {args.out})")
-        _print_package(runs[0])
-        return 0
-    world = None if cfg.real.target else _world_root(args.world, args.out, args.device)
-    summary, runs = run_transfer(world, [args.method], [args.seed], args.out, cfg,
-                                 device=args.device)
+    depth = args.method in DEPTH_METHODS
+    real = bool(cfg.depth_real.source if depth else cfg.real.target)  # needs no world
+    world = None if real else _world_root(args.world, args.out, args.device)
+    run = run_depth_transfer if depth else run_transfer
+    summary, runs = run(world, [args.method], [args.seed], args.out, cfg, device=args.device)
     r = summary["methods"][args.method]
-    print(f"{args.method}: mIoU {r['miou_mean']:.2f}, acc {r['acc_mean']:.2f} "
-          f"(results in {args.out})")
+    scores = (f"AbsRel {r['abs_rel_mean']:.3f}, RMSE {r['rmse_mean']:.3f}, δ1 {r['d1_mean']:.3f}"
+              if depth else f"mIoU {r['miou_mean']:.2f}, acc {r['acc_mean']:.2f}")
+    print(f"{args.method}: {scores} (results in {args.out})")
     _print_package(runs[0])
     return 0
 

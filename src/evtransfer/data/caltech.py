@@ -1,8 +1,8 @@
 """N-Caltech101 events with the Caltech101 images they were recorded from, for image → event
 recognition transfer (EvDistill's recognition benchmark).
 
-Events: `data.recognition.NCaltech101` (`events_root/<class>/image_XXXX.bin`, its seeded
-stratified split). Images: Caltech101's `images_root/<class>/image_XXXX.jpg`, the picture each
+Events: `data.recognition.NCaltech101` (`events_root/<class>/image_<n>.bin`, its seeded
+stratified split). Images: Caltech101's `images_root/<class>/image_<n>.jpg`, the picture each
 recording was made of (matched by class folder and file stem). Every recording becomes one
 `EventInput` tensor at the sensor size, resized bilinearly to `size`; every image is scaled to
 [0, 1] and resized the same way. The train split gives the labeled source images, the

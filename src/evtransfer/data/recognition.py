@@ -1,6 +1,6 @@
 """Recognition benchmarks: N-Caltech101 (events) and UHSR-style spike-camera recognition.
 
-**N-Caltech101**: `root/<class>/image_XXXX.bin` in the N-MNIST 5-byte format (read through
+**N-Caltech101**: `root/<class>/image_<n>.bin` in the N-MNIST 5-byte format (read through
 `evtransfer.io.nmnist.read_nmnist`, imported when a sample is read) on one fixed sensor size
 so that samples batch. Classes are the sorted folder names (minus `exclude`); the train/test
 split is stratified per class and seeded, because EvDistill publishes none. A sample is

@@ -193,8 +193,8 @@ class RealTransferConfig:
                              f"{self.target!r}")
 
 
-_ARRAYS = ("source_rgb", "source_label", "synth_x", "synth_label", "synth_gray", "target_x",
-           "target_label", "test_x", "test_label")
+_METHOD_ARRAYS = ("source_rgb", "source_label", "synth_x", "synth_label", "synth_gray",
+                  "target_x", "test_x", "test_label")  # target_label: the oracle's alone
 
 
 def _spread(n: int, cap: int) -> np.ndarray:
@@ -340,7 +340,7 @@ def load_real_transfer_data(real: RealTransferConfig, cfg: TransferDataConfig,
     """The method-side tensors of a real scenario, memory-mapped from its cache (built on the
     first call); target train labels withheld, no test RGB."""
     folder = build_real_transfer_data(real, cfg, cache_dir, progress=progress)
-    t = {name: _mapped(folder, name) for name in _ARRAYS if name != "target_label"}
+    t = {name: _mapped(folder, name) for name in _METHOD_ARRAYS}
     h, w = t["test_x"].shape[-2:]
     # labels stay uint8 memory maps (8x smaller than int64); the losses widen each batch
     return TransferData(cfg.num_classes, t["source_rgb"], t["source_label"], t["synth_x"],

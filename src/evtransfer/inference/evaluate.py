@@ -84,6 +84,14 @@ def _protocol_matched(model: Model, sensor: tuple[int, int], size: tuple[int, in
     return False
 
 
+def _warn_sensor(model: Model, sensor: tuple[int, int], resize: bool, where: str,
+                 log: Callable[[str], None]) -> None:
+    """Log the model's sensor-mismatch message for `where`, if it has one."""
+    warning = model.sensor_message(sensor, resize, where)
+    if warning:
+        log(f"warning: {warning}")
+
+
 def _chunk_rep(model: Model, normalize: bool) -> Callable:
     i = model.input
     return EventInput(bins=i.bins, normalize=normalize and i.normalize, kind=i.kind)
@@ -145,9 +153,7 @@ def _world_segmentation(model: Model, root: Path, opts: EvalOptions, split: str,
                             window_us=i.window_us or 50_000, label_space=model.spec.label_space)
     ds = WorldTarget(root, cfg)
     sensor = ds.reader(0).info()
-    warning = model.sensor_message((sensor.width, sensor.height), opts.resize, "the world")
-    if warning:
-        log(f"warning: {warning}")
+    _warn_sensor(model, (sensor.width, sensor.height), opts.resize, "the world", log)
 
     def batches() -> Iterator[Batch]:
         for idx in _indices(len(ds), opts):
@@ -236,9 +242,7 @@ def _world_depth(model: Model, root: Path, opts: EvalOptions, split: str, log):
                                              with_spikes=True,
                                              test_sequences=opts.test_sequences))
     first = ds[0]["spikes"]
-    warning = model.sensor_message((first.width, first.height), opts.resize, "the world")
-    if warning:
-        log(f"warning: {warning}")
+    _warn_sensor(model, (first.width, first.height), opts.resize, "the world", log)
 
     def batches() -> Iterator[Batch]:
         for idx in _indices(len(ds), opts):
@@ -286,9 +290,7 @@ def _kitti(model: Model, root: Path, opts: EvalOptions, split: str, log):
     i = model.input
     base = KittiDepth(root, split, PairedDepthConfig(crop=KB_CROP, load_spikes=True))
     ds = RealSpikeDepth(base, i.frames, ("depth", "crop_box"))
-    warning = model.sensor_message(KB_CROP[::-1], opts.resize, "KITTI (KB crop)")
-    if warning:
-        log(f"warning: {warning}")
+    _warn_sensor(model, KB_CROP[::-1], opts.resize, "KITTI (KB crop)", log)
     n = min(len(ds), opts.limit) if opts.limit else len(ds)
 
     def batches() -> Iterator:
