@@ -41,18 +41,27 @@ def test_run_transfer_writes_results(tiny_world, tmp_path):
         run_transfer(tiny_world, ["nope"], [0], tmp_path, cfg, progress=False)
 
 
-def test_real_scenario_runs_every_method_from_the_config_sections(tmp_path):
-    """Cityscapes -> DSEC-Semantic fixtures in the official layouts, through `run_transfer`
-    with no world: the same code path as `configs/cmess/dsec.yaml` on the real data."""
+def _real_config(tmp_path, **dsec):
+    """Two-step budgets on the Cityscapes -> DSEC-Semantic fixtures (`dsec`: overrides of the
+    target's DsecSemanticConfig)."""
     from dataclasses import replace
 
-    from evtransfer.engine.package import read_package
     from tests.data.test_transfer_real import dsec_real_roots, dsec_scenario
 
     real, data = dsec_scenario(*dsec_real_roots(tmp_path))
-    cfg = replace(demo_config(steps=2), real=real, data=data)
+    cfg = replace(demo_config(steps=2), real=replace(real, dsec=replace(real.dsec, **dsec)),
+                  data=data)
     cfg.ess.init = replace(cfg.ess.init, steps=2, batch=2)
     cfg.ess.uda = replace(cfg.ess.uda, steps=2, batch=2)
+    return cfg
+
+
+def test_real_scenario_runs_every_method_from_the_config_sections(tmp_path):
+    """Cityscapes -> DSEC-Semantic fixtures in the official layouts, through `run_transfer`
+    with no world: the same code path as `configs/cmess/dsec.yaml` on the real data."""
+    from evtransfer.engine.package import read_package
+
+    cfg = _real_config(tmp_path)
     methods = ["source_only", "recon_source", "cmess", "oracle", "ess"]
     summary, runs = run_transfer(None, methods, [0], tmp_path / "out", cfg, progress=False)
     assert list(summary["methods"]) == methods
@@ -80,15 +89,7 @@ def test_cmess_and_ess_configs_load(path):
 def test_ess_runs_recurrently_over_the_real_windows(tmp_path):
     """ESS's real configs stack 20 windows (here 2): the target inputs have 2 x 5 channels
     while the synthetic windows that train the event encoder have 5."""
-    from dataclasses import replace
-
-    from tests.data.test_transfer_real import dsec_real_roots, dsec_scenario
-
-    real, data = dsec_scenario(*dsec_real_roots(tmp_path))
-    real = replace(real, dsec=replace(real.dsec, num_windows=2, events_per_window=200))
-    cfg = replace(demo_config(steps=2), real=real, data=data)
-    cfg.ess.init = replace(cfg.ess.init, steps=2, batch=2)
-    cfg.ess.uda = replace(cfg.ess.uda, steps=2, batch=2)
+    cfg = _real_config(tmp_path, num_windows=2, events_per_window=200)
     summary, runs = run_transfer(None, ["ess"], [0], tmp_path / "out", cfg, progress=False)
     assert 0 <= summary["methods"]["ess"]["miou_mean"] <= 100
     assert runs[0].result.predict(torch.zeros(1, 10, 44, 64)).shape == (1, 11, 44, 64)
