@@ -298,6 +298,24 @@ def test_bad_input_is_refused_clearly(backend, frames, t, message):
         sim.feed(frames, t)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -0.1])
+def test_bad_values_found_by_the_kernels_stop_the_simulator_until_reset(backend, bad):
+    sim = DvsSimulator(dvs_preset("ideal"), 4, 5, backend=backend)
+    sim.feed(np.full((4, 5), 0.5), 0)
+    frame = np.full((4, 5), 0.9)
+    frame[2, 3] = bad
+    message = "negative" if bad < 0 and np.isfinite(bad) else "NaN or infinite"
+    with pytest.raises(SimulationError, match=f"{message}.*t_us=10" if backend == "numba"
+                       else message):
+        sim.feed(frame, 10)
+    if backend == "numba":  # part-way through the frame: refused until reset
+        with pytest.raises(SimulationError, match="call reset"):
+            sim.feed(np.full((4, 5), 0.9), 20)
+        sim.reset()
+        sim.feed(np.full((4, 5), 0.5), 0)
+    assert len(sim.feed(np.full((4, 5), 0.9), 20)[0]) == 4 * 5 * 2  # ln(0.901/0.501) = 2.9 C
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

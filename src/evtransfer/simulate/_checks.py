@@ -13,13 +13,14 @@ class SimulationError(ValueError):
 
 
 def as_frames(frames, batch: int, height: int, width: int, device: torch.device, *,
-              copy: bool = True) -> torch.Tensor:
+              copy: bool = True, check_values: bool = True) -> torch.Tensor:
     """`frames` as a (batch, height, width) float64 tensor on `device`, checked.
 
     Accepts a torch tensor or NumPy array of a floating dtype, shaped (B, H, W), or (H, W) when
     the simulator has batch 1. Values are linear intensities: finite and >= 0 (1.0 is the white
-    of an 8-bit image divided by 255). With `copy` the result never shares memory with the
-    input (callers that keep the frame as state need that); the input is never modified.
+    of an 8-bit image divided by 255); `check_values=False` leaves that test to the caller
+    (`bad_values`). With `copy` the result never shares memory with the input (callers
+    that keep the frame as state need that); the input is never modified.
     """
     if isinstance(frames, np.ndarray):
         if not np.issubdtype(frames.dtype, np.floating):
@@ -46,14 +47,20 @@ def as_frames(frames, batch: int, height: int, width: int, device: torch.device,
     if copy and converted.data_ptr() == frames.data_ptr():
         # the simulators keep the frame as state: never alias a buffer the caller may reuse
         converted = converted.clone()
-    frames = converted
+    if check_values and (problem := bad_values(converted)):
+        raise SimulationError(problem)
+    return converted
+
+
+def bad_values(frames: torch.Tensor) -> str:
+    """What is wrong with the values of `frames` (NaN, infinite or negative), or ""."""
     lo, hi = torch.aminmax(frames)
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise SimulationError("frames contain NaN or infinite intensities")
+        return "frames contain NaN or infinite intensities"
     if lo < 0:
-        raise SimulationError(f"frames contain negative intensities (min {lo:g})")
-    return frames
+        return f"frames contain negative intensities (min {lo:g})"
+    return ""
 
 
 def as_time_us(t_us, previous: int | None) -> int:

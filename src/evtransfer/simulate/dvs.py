@@ -44,6 +44,7 @@ from evtransfer.simulate._checks import (
     SimulationError,
     as_frames,
     as_time_us,
+    bad_values,
     check_shape,
     make_generator,
 )
@@ -67,6 +68,9 @@ class DvsSimulator:
     output). backend "numba" (or "auto" on the CPU when numba is installed) runs the linear
     mode (no low-pass, leak, shot noise, hot pixels or jitter) through fused CPU kernels whose
     temporaries are proportional to the output; "torch" runs everything on `device`.
+    A frame with NaN, infinite or negative values raises SimulationError; the numba kernels
+    find it while reading the frame once, part-way through the state, so that simulator then
+    refuses every frame until `reset()` (the torch path checks first and stays usable).
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class DvsSimulator:
         self._lower: torch.Tensor | None = None
         self._last_event: torch.Tensor | None = None
         self._state: np.ndarray | None = None  # numba: (B·H·W, 4) upper, lower, ref, prev
+        self._poisoned = ""  # why feed refuses until reset(), after a bad frame in the kernels
 
     def _numba_kernels(self):
         """The numba kernel module when this simulator uses it, else None."""
@@ -161,16 +166,20 @@ class DvsSimulator:
     # --- public stepping ------------------------------------------------------------
     def feed(self, frames, t_us) -> list[Events]:
         """Advance to the frame `frames` (batch, H, W) at `t_us` µs; one `Events` per video."""
-        intensity = as_frames(frames, self.batch, self.height, self.width, self.device,
-                              copy=False)
+        if self._poisoned:
+            raise SimulationError(self._poisoned)
         t = as_time_us(t_us, self._t)
+        # the numba kernels check the values on their way through the frame
+        fused = (self._kernels is not None and self._t is not None
+                 and self.batch * (t - self._t + 1) <= _MAX_BUCKETS)
+        intensity = as_frames(frames, self.batch, self.height, self.width, self.device,
+                              copy=False, check_values=not fused)
         if self._t is None:
             self._start(intensity, t)
             return [Events.empty(self.width, self.height) for _ in range(self.batch)]
         t0, dt = self._t, t - self._t
-        if self._kernels is not None and self.batch * (dt + 1) <= _MAX_BUCKETS:
-            self._t = t
-            return self._feed_numba(intensity, t0, dt)
+        if fused:
+            return self._feed_numba(intensity, t0, t)
         if self._linear:
             idx, ref, d0, d1 = self._candidates_linear(intensity)
         else:
@@ -191,12 +200,21 @@ class DvsSimulator:
         self._t = t
         return self._assemble(src_pix, src_pol, owner, off, t0, dt)
 
-    def _feed_numba(self, intensity: torch.Tensor, t0: int, dt: int) -> list[Events]:
-        """One interval through the fused CPU kernels (same model and order as the torch path)."""
-        k, npix = self._kernels, self.height * self.width
+    def _feed_numba(self, intensity: torch.Tensor, t0: int, t1: int) -> list[Events]:
+        """The interval (t0, t1] through the fused CPU kernels (same model and order as the
+        torch path). A frame with bad values leaves the state partly advanced: it is refused,
+        and so is every later frame until `reset()`."""
+        k, npix, dt = self._kernels, self.height * self.width, t1 - t0
         cand = self._candidates
-        m, total = k.crossing_pixels(intensity.numpy().reshape(-1), self._state, self._cp_flat,
-                                     self._cn_flat, self.config.eps, npix, float(dt), *cand)
+        m, total = k.crossing_pixels(intensity.numpy().reshape(-1), self._state,
+                                     self._thresholds_flat, self.config.eps, npix, float(dt),
+                                     *cand)
+        if m < 0:
+            problem = bad_values(intensity) or "frames contain bad intensities"
+            self._poisoned = (f"{problem} (frame at t_us={t1}), and the simulator is part-way "
+                              "through it: call reset() before feeding it again")
+            raise SimulationError(self._poisoned)
+        self._t = t1
         last = self._last_event.numpy().reshape(-1) if self._last_event is not None else cand[0]
         period = int(self.config.refractory_us) if self._last_event is not None else -1
         src, off, pol, hist = k.crossing_events(*cand, m, total, t0, dt, npix, self.batch, last,
@@ -215,31 +233,30 @@ class DvsSimulator:
     def _start(self, intensity: torch.Tensor, t: int) -> None:
         log_i = self._log(intensity)
         if self._kernels is not None:
+            n = log_i.numel()
+            cp, cn = (c.numpy().reshape(-1) if isinstance(c, torch.Tensor) else np.array([c])
+                      for c in (self._cp, self._cn))
+            self._thresholds_flat = np.stack([cp, cn, np.exp(cp), np.exp(-cn)], axis=1)
             # the kernels keep (upper, lower, ref, prev) of a pixel side by side; the torch
             # tensors (for intervals too long for the kernels' sort) are strided views of it
-            self._state = np.empty((log_i.numel(), 4))
+            self._state = np.empty((n, 4))
+            self._kernels.start_state(intensity.numpy().reshape(-1), log_i.numpy().reshape(-1),
+                                      self._thresholds_flat, self.config.eps,
+                                      self.height * self.width, self._state)
             views = [torch.from_numpy(self._state[:, k]).view(log_i.shape) for k in range(4)]
             self._upper, self._lower, self._ref, self._prev = views
-            self._ref.copy_(log_i)
-            self._prev.copy_(intensity)
+            self._candidates = (np.empty(n, np.int64), np.empty(n, np.int64),
+                                np.empty(n, np.float64), np.empty(n, np.float64))
         else:
             self._ref = log_i.clone()
             self._prev = intensity.clone() if self._linear else log_i
             if self._linear:
                 self._upper = torch.empty_like(log_i)
                 self._lower = torch.empty_like(log_i)
-        if self._linear:
-            self._start_bounds(intensity)
+                self._start_bounds(intensity)
         self._t = t
         if self.config.refractory_us > 0:
             self._last_event = torch.full_like(log_i, _NEVER, dtype=torch.int64)
-        if self._kernels is not None:
-            n = log_i.numel()
-            self._candidates = (np.empty(n, np.int64), np.empty(n, np.int64),
-                                np.empty(n, np.float64), np.empty(n, np.float64))
-            self._cp_flat, self._cn_flat = (
-                np.ascontiguousarray(c.numpy().reshape(-1)) if isinstance(c, torch.Tensor)
-                else np.array([c]) for c in (self._cp, self._cn))
 
     def _start_bounds(self, intensity: torch.Tensor) -> None:
         """Linear-intensity bounds of the references log(I + eps) set by `_start`:
