@@ -1,4 +1,5 @@
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -69,6 +70,20 @@ def test_stage_dir_is_keyed_by_config(tmp_path):
     assert a == stage_dir(tmp_path, "M_S", FitConfig(steps=3), 0)
     assert a != stage_dir(tmp_path, "M_S", FitConfig(steps=4), 0)
     assert a != stage_dir(tmp_path, "M_S", FitConfig(steps=3), 1)
+
+
+@dataclass
+class _Stages:
+    first: FitConfig
+    second: FitConfig
+
+
+def test_stage_dir_ignores_logging_settings_at_any_depth(tmp_path):
+    def key(**second):
+        return stage_dir(tmp_path, "M", _Stages(FitConfig(steps=3), FitConfig(steps=5, **second)))
+
+    assert key() == key(log_every=1, ckpt_every=2)
+    assert key() != key(lr=1.0)
 
 
 def test_fit_learns_then_a_finished_run_is_reused(tmp_path):

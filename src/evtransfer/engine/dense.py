@@ -193,11 +193,11 @@ def evaluate_segmentation(pred: torch.Tensor, labels: torch.Tensor, num_classes:
 def stage_dir(root: str | Path, name: str, *config) -> Path:
     """`root/name-<hash>`: a stage's run folder keyed by its config, so methods that share a
     stage with the same settings (and seed) reuse its outputs instead of retraining. Logging
-    and checkpoint frequencies are not part of the key."""
+    and checkpoint frequencies, at any depth of a nested config, are not part of the key."""
     def key(c):
-        if not is_dataclass(c):
-            return c
-        return {k: v for k, v in asdict(c).items() if k not in _NOT_IDENTITY}
+        if isinstance(c, dict):
+            return {k: key(v) for k, v in c.items() if k not in _NOT_IDENTITY}
+        return key(asdict(c)) if is_dataclass(c) else c
 
     blob = json.dumps([key(c) for c in config], sort_keys=True, default=str)
     return Path(root) / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
