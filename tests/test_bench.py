@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,15 @@ def test_run_transfer_writes_results(tiny_world, tmp_path):
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     with pytest.raises(ValueError, match="unknown method"):
         run_transfer(tiny_world, ["nope"], [0], tmp_path, cfg, progress=False)
+    # the stage folders are keyed by training settings: other data must not reuse them
+    other = replace(cfg, data=replace(cfg.data, window_us=cfg.data.window_us // 2))
+    with pytest.raises(ValueError, match="other data settings"):
+        run_transfer(tiny_world, ["source_only"], [0], tmp_path, other, progress=False)
 
 
 def _real_config(tmp_path, **dsec):
     """Two-step budgets on the Cityscapes -> DSEC-Semantic fixtures (`dsec`: overrides of the
     target's DsecSemanticConfig)."""
-    from dataclasses import replace
-
     from tests.data.test_transfer_real import dsec_real_roots, dsec_scenario
 
     real, data = dsec_scenario(*dsec_real_roots(tmp_path))

@@ -111,6 +111,21 @@ def score_segmentation(predict, x: torch.Tensor, labels: torch.Tensor, num_class
     return segmentation_scores(conf.matrix, mode="ess")
 
 
+def claim_work(work: Path, task: str, world: Path | None, *data_configs) -> None:
+    """Tie `work` to the data its stages train on. Stage folders are keyed by their training
+    settings only, so a rerun into the same folder with another world or other data settings
+    would silently reuse stages trained on the old data; that is refused here."""
+    identity = {"world": (world / "world.yaml").read_text() if world is not None else None,
+                "data": [asdict(c) for c in data_configs]}
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    path = work / f"data-{task}.json"
+    if path.exists() and path.read_text() != blob:
+        raise ValueError(f"{work} holds {task} stages trained on another world or other data "
+                         f"settings (see {path}); use a new --out")
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(blob)
+
+
 def run_method(name: str, world: Path | None, cfg: TransferBenchConfig, seed: int, work: Path,
                device, progress: bool) -> Run:
     """Train method `name` with `seed` and score it on the target test split (of the world
@@ -123,6 +138,7 @@ def run_method(name: str, world: Path | None, cfg: TransferBenchConfig, seed: in
     section = method_config(cfg, name)
     labeled = name in TARGET_LABELED or getattr(section, "train_on_event_labels", False)
     real, cache = cfg.real, work.parent / "cache"
+    claim_work(work, "segmentation", None if real.target else world, cfg.data, real)
     if real.target:
         data = load_real_transfer_data(real, cfg.data, cache, progress=progress)
         extra = {"labels": real_target_labels(real, cfg.data, cache)} if labeled else {}
@@ -268,6 +284,7 @@ def run_depth_method(name: str, world: Path | None, cfg: TransferBenchConfig, se
         raise ValueError(f"unknown depth method {name!r}; available: {', '.join(DEPTH_METHODS)}")
     _, train_fn = DEPTH_METHODS[name]
     real = bool(cfg.depth_real.source)
+    claim_work(work, "depth", None if real else world, cfg.depth, cfg.depth_real)
     if real:
         data = load_real_depth_data(cfg.depth_real)
     else:

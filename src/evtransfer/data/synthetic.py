@@ -10,6 +10,10 @@ Two recipes, as in the papers:
 Either way the frames go through the DVS simulator (`dvs`: by default the `clean` preset, the
 simulator a user would run on their own images), and each sample keeps the window's events,
 its label, and the grayscale intensity at the window's end (pairs for reconstruction networks).
+`randomize` draws the sensor (and the scene's brightness) anew for every batch of pseudo-videos:
+the domain randomisation E2VID's training data uses, widened as in Stoffregen et al., "Reducing
+the Sim-to-Real Gap for Event Cameras" (ECCV 2020), so that networks trained on these windows
+meet an unknown real sensor with its statistics already seen.
 """
 
 from __future__ import annotations
@@ -33,6 +37,37 @@ from evtransfer.simulate.motion import random_motion
 
 
 @dataclass(frozen=True)
+class SensorRandomization:
+    """Ranges (lo, hi), sampled uniformly once per batch of videos, that replace fields of
+    `SyntheticConfig.dvs`; a range with lo == hi == 0 leaves the field as it is. Thresholds in
+    log units (C+ and C- drawn independently), rates in Hz, times in µs; `brightness` scales the
+    frames (the simulator sees a darker or brighter scene, the stored intensity is unchanged)."""
+
+    enabled: bool = False
+    threshold: tuple[float, float] = (0.15, 0.5)  # E2VID: N(0.18, 0.03); Stoffregen: [0.2, 1.5]
+    sigma_threshold: tuple[float, float] = (0.0, 0.06)  # unpublished: our choice (v2e: 0.02-0.05)
+    refractory_us: tuple[float, float] = (0.0, 1000.0)  # unpublished: our choice
+    cutoff_hz: tuple[float, float] = (0.0, 0.0)  # unpublished: our choice (off)
+    leak_rate_hz: tuple[float, float] = (0.0, 0.2)  # unpublished: our choice (v2e noisy: 0.1)
+    shot_noise_rate_hz: tuple[float, float] = (0.0, 5.0)  # unpublished: v2e noisy: 5 Hz
+    brightness: tuple[float, float] = (0.1, 1.0)  # unpublished: our choice
+
+    def sample(self, dvs: DvsConfig, generator: torch.Generator) -> tuple[DvsConfig, float]:
+        """`dvs` with the randomised fields replaced, and the brightness factor."""
+        def draw(lo: float, hi: float) -> float:
+            return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+        fields = {"pos_threshold": self.threshold, "neg_threshold": self.threshold,
+                  "sigma_threshold": self.sigma_threshold, "refractory_us": self.refractory_us,
+                  "cutoff_hz": self.cutoff_hz, "leak_rate_hz": self.leak_rate_hz,
+                  "shot_noise_rate_hz": self.shot_noise_rate_hz}
+        values = {k: draw(*r) for k, r in fields.items() if tuple(r) != (0.0, 0.0)}
+        if "refractory_us" in values:
+            values["refractory_us"] = round(values["refractory_us"])
+        return replace(dvs, **values), draw(*self.brightness)
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     """How source frames become event windows. Times in µs."""
 
@@ -44,6 +79,7 @@ class SyntheticConfig:
     max_scale: float = 0.08  # zoom: the forward motion of a driving camera
     video_factor: int = 20  # video mode: interpolated steps per source frame interval
     dvs: DvsConfig = field(default_factory=lambda: dvs_preset("clean"))
+    randomize: SensorRandomization = field(default_factory=SensorRandomization)
     variants: int = 1  # pseudo-videos per source frame (motion mode)
     batch: int = 16  # videos simulated together
     seed: int = 0
@@ -62,11 +98,22 @@ class SyntheticSet:
         return len(self.events)
 
 
+def _sensor(cfg: SyntheticConfig, frames: torch.Tensor,
+            seed: int) -> tuple[DvsConfig, torch.Tensor]:
+    """The simulator settings for one batch of videos, and the frames it sees."""
+    if not cfg.randomize.enabled:
+        return replace(cfg.dvs, seed=seed), frames
+    dvs, brightness = cfg.randomize.sample(cfg.dvs, torch.Generator().manual_seed(seed))
+    return replace(dvs, seed=seed), frames * brightness
+
+
 def _simulate(frames: torch.Tensor, t_us: torch.Tensor, cfg: SyntheticConfig, seed: int,
               device) -> list[Events]:
-    """Events of B videos, frames (T, B, H, W) at t_us (T,) µs, through one simulator."""
+    """Events of B videos, frames (T, B, H, W) at t_us (T,) µs, through one simulator (a
+    randomised one when `cfg.randomize.enabled`)."""
     _, b, h, w = frames.shape
-    sim = DvsSimulator(replace(cfg.dvs, seed=seed), h, w, b, device)
+    dvs, frames = _sensor(cfg, frames, seed)
+    sim = DvsSimulator(dvs, h, w, b, device)
     streams: list[list[Events]] = [[] for _ in range(b)]
     for frame, t in zip(frames, t_us.tolist(), strict=True):
         for i, ev in enumerate(sim.feed(frame.to(device), t)):
@@ -127,8 +174,8 @@ def _video(source, cfg: SyntheticConfig, device, progress: bool) -> SyntheticSet
         gray = torch.stack([luminance(s["rgb"]) for s in samples])
         t = torch.tensor([s["t_us"] for s in samples], dtype=torch.int64)
         frames, t_up = interpolate_frames(gray, t, factor=cfg.video_factor)
-        sim = DvsSimulator(replace(cfg.dvs, seed=cfg.seed + len(events)), *gray.shape[1:], 1,
-                           device)
+        dvs, frames = _sensor(cfg, frames, cfg.seed + len(events))
+        sim = DvsSimulator(dvs, *gray.shape[1:], 1, device)
         ev = Events.concatenate([sim.feed(f[None].to(device), int(tt))[0]
                                  for f, tt in zip(frames, t_up.tolist(), strict=True)])
         for k in range(1, len(samples)):

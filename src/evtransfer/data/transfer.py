@@ -101,6 +101,8 @@ def _key(root: Path, cfg: TransferDataConfig) -> str:
     config = asdict(cfg)
     if cfg.events.kind == "voxel":  # the key of caches built before `kind` existed
         del config["events"]["kind"]
+    if not cfg.synthetic.randomize.enabled:  # ... and before `randomize` existed
+        del config["synthetic"]["randomize"]
     blob = json.dumps(config, sort_keys=True, default=str) + world
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
