@@ -13,10 +13,12 @@ from evtransfer.engine.dense import (
     fit,
     hflip,
     kd_loss,
+    reconstruct,
     segmentation_loss,
     stage_dir,
     train_segmenter,
 )
+from evtransfer.models import create_model
 
 
 def test_dice_matches_a_numpy_reference():
@@ -129,3 +131,16 @@ def test_fit_builds_the_given_optimizer_with_scaled_group_rates(tmp_path):
         optimizer=lambda g: torch.optim.RAdam(g, lr=cfg.lr, betas=(0.0, 0.999)))
     assert a.weight.item() == pytest.approx(wa - 0.1 * 0.5 * 2, abs=1e-6)
     assert b.weight.item() == pytest.approx(wb + 0.1 * 3, abs=1e-6)
+
+
+def test_reconstruct_runs_a_recurrent_network_over_consecutive_windows():
+    net = create_model("e2vid", in_chans=3, base_channels=4, seed=0).eval()
+    x = torch.randn(2, 9, 16, 24)
+    with torch.no_grad():
+        state = None
+        for window in x.split(3, dim=1):
+            image, state = net(window, state)
+        torch.testing.assert_close(reconstruct(net, x), image)
+        torch.testing.assert_close(reconstruct(net, x[:, 6:]), net(x[:, 6:])[0])
+    with pytest.raises(ValueError, match=r"\(B, K·3, H, W\)"):
+        reconstruct(net, x[:, :8])

@@ -240,6 +240,26 @@ def test_train_ess_shares_the_reconstruction_stage_and_resumes(tiny_data, tmp_pa
     assert len(list((tmp_path / "run").glob("ESS-*"))) == 2
 
 
+def test_ess_over_consecutive_windows_trains_a_recurrent_reconstruction_stage(tiny_world,
+                                                                               tmp_path):
+    """K = 2 windows of 5 bins per sample: 100 ms cut in two, the reconstruction network (5
+    input channels) learns through both windows and ESS runs it recurrently at inference."""
+    syn = replace(TransferDataConfig().synthetic, window_us=100_000, frames=9)
+    data_cfg = replace(TransferDataConfig(), window_us=100_000, synthetic=syn,
+                       events=replace(TransferDataConfig().events, bins=10))
+    data = load_transfer_data(tiny_world, data_cfg, cache_dir=tmp_path / "c", progress=False)
+    assert data.synth_x.shape[1] == data.test_x.shape[1] == 10
+    cfg = _tiny_cfg()
+    cfg = replace(cfg, stages=replace(cfg.stages, recon_windows=2))
+    result = train_ess(data, cfg, tmp_path / "run", progress=False)
+    events = result.network[0]
+    assert events.conv2d.in_channels == 5
+    assert result.predict(data.test_x[:2]).shape == (2, data.num_classes, *data.test_x.shape[-2:])
+    with pytest.raises(ValueError, match="recon_windows must divide"):
+        train_ess(data, replace(cfg, stages=replace(cfg.stages, recon_windows=3)),
+                  tmp_path / "run", progress=False)
+
+
 def test_user_e2vid_weights_replace_the_reconstruction_stage(tiny_data, tmp_path):
     data, _ = tiny_data
     e2vid = create_model("e2vid", in_chans=5, base_channels=8, seed=7)

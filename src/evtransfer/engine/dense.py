@@ -232,7 +232,8 @@ def train_reconstructor(model: nn.Module, x: torch.Tensor, image: torch.Tensor, 
                         progress: bool = True) -> float:
     """Event → image reconstruction on windows x (N, C, H, W) and intensities (N, H, W) in
     [0, 1]: L1 + image-gradient L1 (E2VID's LPIPS needs downloaded VGG weights; this is the
-    weight-free substitute). The model maps (B, C, H, W) to (B, 1, H, W) or (image, state)."""
+    weight-free substitute) on the image `reconstruct` gives, so a recurrent model over
+    several windows per sample learns through all of them (BPTT) from the last one's target."""
 
     def step(batch: dict, state: TrainState) -> dict:
         batch = hflip(batch, state.generators["aug"])
@@ -247,6 +248,18 @@ def train_reconstructor(model: nn.Module, x: torch.Tensor, image: torch.Tensor, 
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) image of a reconstruction network from one window (fresh recurrent state)."""
-    out = model(x)
-    return out[0] if isinstance(out, tuple) else out
+    """(B, 1, H, W) image of a reconstruction network from x (B, C, H, W). A recurrent network
+    whose `in_chans` b divides C runs over the C / b windows of x, oldest first, from a fresh
+    state, and gives the last window's image (E2VID over consecutive windows); any other
+    network maps x in one pass."""
+    b = getattr(model, "in_chans", x.shape[1])
+    if not getattr(model, "recurrent", False) or x.shape[1] == b:
+        out = model(x)
+        return out[0] if isinstance(out, tuple) else out
+    if x.ndim != 4 or x.shape[1] % b:
+        raise ValueError(f"a recurrent reconstruction network of {b} input channels needs "
+                         f"(B, K·{b}, H, W) windows, got {tuple(x.shape)}")
+    state = None
+    for window in x.split(b, dim=1):
+        image, state = model(window, state)
+    return image

@@ -39,6 +39,9 @@ class StageConfig:
     recon_base_channels: int = 16  # unpublished: our choice (E2VID uses 32; CPU budget)
     recon_weights: str = ""  # a local E2VID-style checkpoint instead of training the stage
     recon_weights_prefix: str = ""  # keep checkpoint keys under it (rpg_e2vid: unetrecurrent.)
+    # K: consecutive windows per sample (its channels = K × bins), run recurrently by the
+    # reconstruction network (ESS: 20 windows of 5 bins); 1 = one window from a fresh state
+    recon_windows: int = 1
     source_gray: bool = True  # unpublished: our choice (reconstructions are gray, as in ESS)
     source: FitConfig = field(default_factory=FitConfig)  # M_S
     synthetic: FitConfig = field(default_factory=lambda: FitConfig(lr=5e-4))  # M_T' from M_S
@@ -84,12 +87,18 @@ def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed:
                          progress: bool) -> tuple[nn.Module, float]:
     """The E2VID-style network on simulated (window, frame) pairs, or loaded from
     `cfg.recon_weights` (0 minutes); (model, minutes)."""
-    model = create_model(cfg.reconstructor, in_chans=data.synth_x.shape[1],
+    channels, k = data.synth_x.shape[1], cfg.recon_windows
+    if k < 1 or channels % k:
+        raise ValueError(f"stages.recon_windows must divide the event input's {channels} "
+                         f"channels into windows, got {k}")
+    model = create_model(cfg.reconstructor, in_chans=channels // k,
                          base_channels=cfg.recon_base_channels).to(device)
     if cfg.recon_weights:
         load_pretrained(model, cfg.recon_weights, prefix=cfg.recon_weights_prefix)
         return model, 0.0
-    run = stage_dir(root, "recon", cfg.reconstructor, cfg.recon_base_channels, cfg.recon, seed)
+    windows = () if k == 1 else (k,)  # K = 1 keeps the key of runs made before K existed
+    run = stage_dir(root, "recon", cfg.reconstructor, cfg.recon_base_channels, cfg.recon, *windows,
+                    seed)
     minutes = train_reconstructor(model, data.synth_x, data.synth_gray, cfg.recon, run_dir=run,
                                   seed=seed, device=device, progress=progress)
     return model, minutes

@@ -333,8 +333,10 @@ def train_ess(data: TransferData, cfg: EssConfig, root: str | Path, *, seed: int
                          cfg.image_encoder_weights, cfg.init, data.num_classes, seed)
         minutes["ESS_init"] = image_domain_init(image_encoder, decoder, data, cfg, init, seed,
                                                 device, progress)
+    windows = () if cfg.stages.recon_windows == 1 else (cfg.stages.recon_windows,)
     recon_key = (cfg.event_encoder_weights or
-                 (cfg.stages.reconstructor, cfg.stages.recon_base_channels, cfg.stages.recon))
+                 (cfg.stages.reconstructor, cfg.stages.recon_base_channels, cfg.stages.recon,
+                  *windows))
     own = {k: v for k, v in asdict(cfg).items() if k != "stages"}
     run = stage_dir(root, "ESS", own, recon_key, seed)
     minutes["ESS"] = uda_stage(events, image_encoder, decoder, data, cfg, run, seed, device,
