@@ -28,6 +28,7 @@ from evtransfer.methods.ecddp import (
     cross_entropy,
     ecddp_losses,
     finetune_task,
+    image_level_collapse,
     patch_loss,
     pretrain_ecddp,
     pretrain_schedules,
@@ -204,6 +205,21 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
     again = pretrain_ecddp(groups, cfg, tmp_path, progress=False)  # resumes at its last step
     assert again["steps"] == 3 and again["resumed_from_step"] == 3
     assert json.loads((run / "done.json").read_text())["encoder"].endswith("encoder.safetensors")
+    assert set(summary["final_losses"]) == {"image_global", "image_local", "context", "patch"}
+    assert summary["image_level_collapsed"] in (True, False)
+
+
+def test_a_collapsed_image_level_loss_is_reported(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"kind": "train", "step": 1, "image_global": 5.0, "patch": 3.0},
+            {"kind": "train", "step": 2, "image_global": math.log(1024) + 1e-5, "patch": 2.0},
+            {"kind": "eval", "step": 2}]
+    log.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.warns(UserWarning, match=r"ln\(1024\)"):
+        final, collapsed = image_level_collapse(log, 1024)
+    assert collapsed and final == {"image_global": rows[1]["image_global"], "patch": 2.0}
+    assert image_level_collapse(log, 2048)[1] is False
+    assert image_level_collapse(tmp_path / "none.jsonl", 1024) == ({}, False)
 
 
 def test_finetune_from_checkpoint_loads_all_but_the_patch_embedding(tmp_path):

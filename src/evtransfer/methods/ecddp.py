@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -515,13 +516,37 @@ def pretrain_ecddp(groups: list[Group], cfg: PretrainConfig, root: str | Path, *
     save_encoder(run / "encoder.safetensors", student.backbone.encoder,
                  {"method": "ecddp", "in_chans": str(in_chans),
                   "backbone": json.dumps(asdict(cfg.backbone))})
+    final, collapsed = image_level_collapse(run / "metrics.jsonl", cfg.heads.prototypes)
     summary = {"encoder": str(run / "encoder.safetensors"), "steps": state.step,
                "batch": batch, "windows": len(dataset), "minutes": wall / 60,
                "samples_per_s": calls[0] * batch / max(wall, 1e-9),
                "peak_memory_mb": memory, "memory_kind": kind, "device": str(device),
-               "resumed_from_step": state.step - calls[0]}
+               "resumed_from_step": state.step - calls[0], "final_losses": final,
+               "image_level_collapsed": collapsed}
     done.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def image_level_collapse(metrics: Path, prototypes: int, tol: float = 1e-3
+                         ) -> tuple[dict[str, float], bool]:
+    """The last logged losses of a pre-training run, and whether its image-level (DINO) loss
+    ended at ln(prototypes): the student predicts the uniform distribution because the
+    teacher's Sinkhorn targets no longer differ between images (docs/methods/ecddp.md). A
+    collapse is also reported as a warning, since the run itself finishes normally."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines()
+               if line.strip()] if metrics.exists() else []
+    train_logs = [r for r in records if r.get("kind") == "train"]
+    if not train_logs:
+        return {}, False
+    last = train_logs[-1]
+    final = {k: float(last[k]) for k in ("image_global", "image_local", "context", "patch")
+             if k in last}
+    collapsed = abs(final.get("image_global", 0.0) - math.log(prototypes)) < tol
+    if collapsed:
+        warnings.warn(f"{metrics.parent}: the image-level loss ended at ln({prototypes}) = "
+                      f"{math.log(prototypes):.4f}: the teacher's image targets are uniform, so "
+                      f"that term taught nothing (docs/methods/ecddp.md)", stacklevel=2)
+    return final, collapsed
 
 
 
