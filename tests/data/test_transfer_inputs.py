@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 import torch
 
+from evtransfer.data.synthetic import SensorRandomization
 from evtransfer.data.transfer import EventInput, TransferDataConfig, _key
 from evtransfer.events import Events
 from evtransfer.represent import evsegnet_encoding, histogram, voxel_grid
@@ -64,7 +65,10 @@ def test_cache_key_of_voxel_inputs_is_the_one_before_kinds(tmp_path):
     cfg = TransferDataConfig()
     legacy = asdict(cfg)
     legacy["events"] = {"bins": 5, "normalize": True}  # the fields EventInput had before `kind`
+    del legacy["synthetic"]["randomize"]  # ... and SyntheticConfig before `randomize`
     blob = json.dumps(legacy, sort_keys=True, default=str) + "width: 8\n"
     assert _key(tmp_path, cfg) == hashlib.sha256(blob.encode()).hexdigest()[:16]
     assert _key(tmp_path, TransferDataConfig(events=EventInput(kind="histogram"))) != _key(
         tmp_path, cfg)
+    randomized = replace(cfg.synthetic, randomize=SensorRandomization(enabled=True))
+    assert _key(tmp_path, replace(cfg, synthetic=randomized)) != _key(tmp_path, cfg)

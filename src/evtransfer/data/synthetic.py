@@ -49,7 +49,7 @@ class SensorRandomization:
     refractory_us: tuple[float, float] = (0.0, 1000.0)  # unpublished: our choice
     cutoff_hz: tuple[float, float] = (0.0, 0.0)  # unpublished: our choice (off)
     leak_rate_hz: tuple[float, float] = (0.0, 0.2)  # unpublished: our choice (v2e noisy: 0.1)
-    shot_noise_rate_hz: tuple[float, float] = (0.0, 5.0)  # unpublished: v2e noisy: 5 Hz
+    shot_noise_rate_hz: tuple[float, float] = (0.0, 5.0)  # unpublished: our choice (v2e: 5 Hz)
     brightness: tuple[float, float] = (0.1, 1.0)  # unpublished: our choice
 
     def sample(self, dvs: DvsConfig, generator: torch.Generator) -> tuple[DvsConfig, float]:
