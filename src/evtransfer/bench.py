@@ -1,7 +1,8 @@
 """The transfer benchmark: every method × seed on one world, scored on the held-out target.
 
 `run_transfer` trains each requested method for each seed in `out/work/seed_<s>/` (stages
-shared between methods are trained once per seed), predicts the target test split, scores it
+shared between methods are trained once per seed; `out/work/data-<task>.json` ties the folder
+to the world and data settings they were trained on), predicts the target test split, scores it
 from one dataset-wide confusion matrix (mIoU with absent classes counted 0, as ESS; pixel
 accuracy), and writes `out/results.json` and `out/results.md`. `run_depth_transfer` does the
 same for spike-camera depth (BiCross and its baselines; per-image AbsRel, RMSE, δ1, ...).
