@@ -120,9 +120,11 @@ def claim_work(work: Path, task: str, world: Path | None, *data_configs) -> None
                 "data": [asdict(c) for c in data_configs]}
     blob = json.dumps(identity, sort_keys=True, default=str)
     path = work / f"data-{task}.json"
-    if path.exists() and path.read_text() != blob:
-        raise ValueError(f"{work} holds {task} stages trained on another world or other data "
-                         f"settings (see {path}); use a new --out")
+    if path.exists():
+        if path.read_text() != blob:
+            raise ValueError(f"{work} holds {task} stages trained on another world or other "
+                             f"data settings (see {path}); use a new --out")
+        return
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(blob)
 

@@ -252,14 +252,7 @@ def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     whose `in_chans` b divides C runs over the C / b windows of x, oldest first, from a fresh
     state, and gives the last window's image (E2VID over consecutive windows); any other
     network maps x in one pass."""
-    b = getattr(model, "in_chans", x.shape[1])
-    if not getattr(model, "recurrent", False) or x.shape[1] == b:
-        out = model(x)
-        return out[0] if isinstance(out, tuple) else out
-    if x.ndim != 4 or x.shape[1] % b:
-        raise ValueError(f"a recurrent reconstruction network of {b} input channels needs "
-                         f"(B, K·{b}, H, W) windows, got {tuple(x.shape)}")
-    state = None
-    for window in x.split(b, dim=1):
-        image, state = model(window, state)
-    return image
+    if not getattr(model, "recurrent", False):
+        return model(x)
+    last, state = model.history(x)
+    return model(last, state)[0]

@@ -83,6 +83,13 @@ def train_synthetic_model(m_s: nn.Module, data: TransferData, cfg: StageConfig, 
     return model, minutes
 
 
+def recon_key(cfg: StageConfig) -> tuple:
+    """What identifies a trained reconstruction stage (K = 1 keeps the key of runs made
+    before `recon_windows` existed)."""
+    windows = () if cfg.recon_windows == 1 else (cfg.recon_windows,)
+    return (cfg.reconstructor, cfg.recon_base_channels, cfg.recon, *windows)
+
+
 def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed: int, device,
                          progress: bool) -> tuple[nn.Module, float]:
     """The E2VID-style network on simulated (window, frame) pairs, or loaded from
@@ -96,9 +103,7 @@ def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed:
     if cfg.recon_weights:
         load_pretrained(model, cfg.recon_weights, prefix=cfg.recon_weights_prefix)
         return model, 0.0
-    windows = () if k == 1 else (k,)  # K = 1 keeps the key of runs made before K existed
-    run = stage_dir(root, "recon", cfg.reconstructor, cfg.recon_base_channels, cfg.recon, *windows,
-                    seed)
+    run = stage_dir(root, "recon", *recon_key(cfg), seed)
     minutes = train_reconstructor(model, data.synth_x, data.synth_gray, cfg.recon, run_dir=run,
                                   seed=seed, device=device, progress=progress)
     return model, minutes

@@ -50,7 +50,12 @@ from evtransfer.engine.dense import (
     stage_dir,
 )
 from evtransfer.engine.loop import TrainState
-from evtransfer.engine.transfer import StageConfig, source_input, train_reconstruction
+from evtransfer.engine.transfer import (
+    StageConfig,
+    recon_key,
+    source_input,
+    train_reconstruction,
+)
 from evtransfer.methods.result import MethodResult
 from evtransfer.models import create_model, load_pretrained
 
@@ -129,17 +134,11 @@ def event_latents(encoder: nn.Module, x: Tensor, with_image: bool = False
     """Run a recurrent E2VID (`in_chans` = bins) over the K windows of x (B, K·bins, H, W),
     oldest first, from a fresh state. Returns the last window's reconstruction (B, 1, H, W)
     in [0, 1] (None unless `with_image`) and its latents at strides 2, 4, 8."""
-    bins = encoder.in_chans
-    if x.ndim != 4 or x.shape[1] % bins:
-        raise ValueError(f"event input must be (B, K·{bins}, H, W): K windows of the event "
-                         f"encoder's {bins} bins, got {tuple(x.shape)}")
-    windows, state = x.split(bins, dim=1), None
-    for window in windows[:-1]:
-        _, state = encoder.forward_features(window, state)
+    last, state = encoder.history(x)
     if with_image:
-        out = encoder.forward_all(windows[-1], state)
+        out = encoder.forward_all(last, state)
         return out.image, out.features
-    latents, _ = encoder.forward_features(windows[-1], state)
+    latents, _ = encoder.forward_features(last, state)
     return None, latents
 
 
@@ -333,12 +332,8 @@ def train_ess(data: TransferData, cfg: EssConfig, root: str | Path, *, seed: int
                          cfg.image_encoder_weights, cfg.init, data.num_classes, seed)
         minutes["ESS_init"] = image_domain_init(image_encoder, decoder, data, cfg, init, seed,
                                                 device, progress)
-    windows = () if cfg.stages.recon_windows == 1 else (cfg.stages.recon_windows,)
-    recon_key = (cfg.event_encoder_weights or
-                 (cfg.stages.reconstructor, cfg.stages.recon_base_channels, cfg.stages.recon,
-                  *windows))
     own = {k: v for k, v in asdict(cfg).items() if k != "stages"}
-    run = stage_dir(root, "ESS", own, recon_key, seed)
+    run = stage_dir(root, "ESS", own, cfg.event_encoder_weights or recon_key(cfg.stages), seed)
     minutes["ESS"] = uda_stage(events, image_encoder, decoder, data, cfg, run, seed, device,
                                progress, labels if cfg.train_on_event_labels else None)
     segmenter = EssSegmenter(events, decoder.eval()).eval()

@@ -252,6 +252,19 @@ class RecurrentUNet(UNet):
         out = self.forward_all(x, state)
         return out.image, out.state
 
+    def history(self, x: Tensor) -> tuple[Tensor, State | None]:
+        """Cut x (B, K·in_chans, H, W) into K consecutive windows, run the encoders (no decoder)
+        over all but the last, oldest first, from a fresh state; (last window, state)."""
+        if x.ndim != 4 or x.shape[1] % self.in_chans:
+            raise ValueError(f"input must be (B, K·{self.in_chans}, H, W): K windows of the "
+                             f"recurrent network's {self.in_chans} channels, got "
+                             f"{tuple(x.shape)}")
+        *older, last = x.split(self.in_chans, dim=1)
+        state = None
+        for window in older:
+            _, _, state = self._encode(window, state)
+        return last, state
+
 
 def detach_state(state: State | None) -> State | None:
     """The same state cut from the autograd graph (truncated BPTT); None stays None."""
