@@ -106,6 +106,28 @@ def test_fit_learns_then_a_finished_run_is_reused(tmp_path):
     assert reused == minutes and torch.equal(again.weight, model.weight)
 
 
+def test_fit_is_repeatable_whatever_ran_before(tmp_path):
+    """Dropout draws from the global RNG; two runs with one seed end with equal weights even
+    when the global RNG was left in different states."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+
+    def run(name: str) -> torch.Tensor:
+        model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
+        with torch.no_grad():
+            model[1].weight.fill_(0.1)
+            model[1].bias.zero_()
+
+        def step(batch, state):
+            return {"loss": state.modules["model"](batch["x"]).pow(2).mean()}
+
+        torch.rand(len(name))  # leave the global RNG somewhere else each time
+        fit({"model": model}, TensorDict(x=x), step, FitConfig(steps=5, batch=4, ckpt_every=0),
+            run_dir=tmp_path / name, seed=3, device=torch.device("cpu"), progress=False)
+        return model[1].weight.detach().clone()
+
+    assert torch.equal(run("a"), run("bb"))
+
+
 def test_evaluate_segmentation_counts_absent_classes_as_zero():
     pred = torch.tensor([[[0, 1], [1, 1]]])
     label = torch.tensor([[[0, 1], [1, 255]]])

@@ -23,6 +23,7 @@ from evtransfer.engine.distributed import is_main
 from evtransfer.engine.loader import make_loader
 from evtransfer.engine.loop import LoopConfig, TrainState, train
 from evtransfer.engine.schedules import cosine_schedule
+from evtransfer.engine.seed import derive_seed, seed_everything
 from evtransfer.metrics import ConfusionMatrix, segmentation_scores
 
 IGNORE = 255
@@ -110,8 +111,9 @@ def fit(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitCon
     `cfg.steps` iterations; checkpoints in `run_dir` and resumes a killed run. A finished run
     (`run_dir/done.json`) is skipped. `optimizer(param_groups)` builds the optimizer (default
     AdamW with `cfg.lr` and `cfg.weight_decay`); the schedule sets each group's rate to the
-    scheduled `lr` times the group's `lr_scale`. Returns the training minutes, killed
-    attempts included."""
+    scheduled `lr` times the group's `lr_scale`. The global RNGs (dropout, drop-path) are
+    seeded from `seed`, so a run does not depend on what ran before it in the process.
+    Returns the training minutes, killed attempts included."""
     run_dir = Path(run_dir)
     done = run_dir / "done.json"
     if done.exists():
@@ -120,6 +122,7 @@ def fit(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitCon
         for name, module in modules.items():
             load_module_weights(run_dir / "checkpoints" / "last", name, module)
         return float(json.loads(done.read_text())["minutes"])
+    seed_everything(derive_seed(seed, 1))
     params = param_groups or [{"params": [p for m in modules.values() for p in m.parameters()
                                           if p.requires_grad]}]
     opt = (optimizer(params) if optimizer is not None
