@@ -108,7 +108,7 @@ def test_released_lightweight_gradients_match(tmp_path):
     torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-7)
     assert g.keys() == g_ref.keys()
     for name, value in g.items():
-        torch.testing.assert_close(value, g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(value, g_ref[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 class _NoTimer(contextlib.nullcontext):
