@@ -18,6 +18,7 @@ from evtransfer.engine.transfer import StageConfig
 from evtransfer.methods import METHODS, TARGET_LABELED
 from evtransfer.methods.ess import (
     EssConfig,
+    EssSegmenter,
     SourceTargetPairs,
     ess_losses,
     event_latents,
@@ -30,6 +31,7 @@ from evtransfer.methods.ess import (
     train_ess_supervised,
 )
 from evtransfer.models import create_model
+from evtransfer.models.recurrent import e2vid_input_norm
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ess"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -96,6 +98,33 @@ def test_event_latents_run_the_windows_recurrently(device):
         event_latents(enc, x[:, :4])
 
 
+def test_each_window_is_normalised_as_e2vid_before_the_encoder():
+    """ESS's update_reconstruction runs E2VID's EventPreprocessor on every window (stats
+    pooled over the batch) before the network; the segmenter at inference does the same."""
+    enc = create_model("e2vid", in_chans=3, base_channels=4).eval()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 6, 16, 24, generator=gen) * 3 + 1
+    x = x * (torch.rand(x.shape, generator=gen) < 0.3)
+    windows = {mode: torch.cat([e2vid_input_norm(w, per_sample=mode == "sample")
+                                for w in x.split(3, dim=1)], 1) for mode in ("batch", "sample")}
+    decoder = create_model("latent_seg_decoder", num_classes=3, in_channels=(8, 16, 32),
+                           num_res_blocks=1).eval()
+    with torch.no_grad():
+        for mode, normed in windows.items():
+            image, latents = event_latents(enc, x, with_image=True, input_norm=mode)
+            want_image, want = event_latents(enc, normed, with_image=True)
+            torch.testing.assert_close(image, want_image)
+            for got, ref in zip(latents, want, strict=True):
+                torch.testing.assert_close(got, ref)
+            torch.testing.assert_close(EssSegmenter(enc, decoder, mode)(x),
+                                       EssSegmenter(enc, decoder)(normed))
+        _, raw = event_latents(enc, x)
+        assert not torch.allclose(raw[0], latents[0])
+    assert EssConfig().event_input_norm == "batch"
+    with pytest.raises(ValueError, match="event_input_norm"):
+        EssConfig(event_input_norm="window")
+
+
 def _nets(base=4, classes=3):
     torch.manual_seed(0)
     events = create_model("e2vid", in_chans=2, base_channels=base).eval().requires_grad_(False)
@@ -126,8 +155,9 @@ def _ess_code_grads(image_encoder, decoder, events, batch, cfg):
     image_encoder.requires_grad_(not cfg.detach_task_latent)
     task.backward()
     image_encoder.requires_grad_(True)
-    with torch.no_grad():
-        recon, real = event_latents(events, batch["x"], with_image=True)
+    with torch.no_grad():  # update_reconstruction: EventPreprocessor, then E2VID
+        recon, real = event_latents(events, batch["x"], with_image=True,
+                                    input_norm=cfg.event_input_norm)
     fake = image_encoder(recon)
     align = cfg.weight_emb * sum(l1(f, r) for f, r in zip(fake, real, strict=True))
     pred_fake = dec(fake)

@@ -160,14 +160,21 @@ def test_image_latent_encoder_matches_e2vid_latents():
 
 @pytest.mark.parametrize("norm", ["bn", "in"])
 def test_normalised_variants(norm):
+    """As rpg_e2vid's UNetRecurrent: every conv but the head's and the LSTM gates' is
+    normalised (and bias-free under BN); the head never is (model/unet.py builds it without
+    `norm`); residual-block instance norms keep no running statistics."""
     model = recurrent.e2vid(in_chans=4, base_channels=8, norm=norm)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)]
-    assert len(norms) == 1 + 3 + 2 * 2 + 3 + 1  # head, encoders, residual convs, decoders, pred
+    assert len(norms) == 3 + 2 * 2 + 3 + 1  # encoders, residual convs, decoders, pred
+    assert model.head.norm_layer is None and model.head.conv2d.bias is not None
     gates = {id(m.Gates) for m in model.modules() if isinstance(m, recurrent.ConvLSTM)}
     assert len(gates) == 3
-    others = [m for m in convs if id(m) not in gates]
+    others = [m for m in convs if id(m) not in gates and m is not model.head.conv2d]
     assert all((m.bias is None) == (norm == "bn") for m in others)
+    res = [m.bn1 for m in model.resblocks] + [m.bn2 for m in model.resblocks]
+    assert all(m.track_running_stats == (norm == "bn") for m in res)
+    assert model.encoders[0].conv.norm_layer.track_running_stats
     img, _ = model(torch.randn(2, 4, 16, 24))
     assert img.shape == (2, 1, 16, 24)
     with pytest.raises(ValueError, match="norm"):

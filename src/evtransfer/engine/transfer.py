@@ -26,6 +26,7 @@ from evtransfer.engine.dense import (
     train_segmenter,
 )
 from evtransfer.models import create_model
+from evtransfer.models.released.e2vid import e2vid_from_checkpoint, is_e2vid_layout, read_checkpoint
 from evtransfer.models.weights import load_adapted, load_pretrained
 from evtransfer.simulate import luminance
 
@@ -37,8 +38,17 @@ class StageConfig:
     segmenter: str = "segformer_b0"  # CMESS: SegFormer-B0 (3.71 M parameters)
     reconstructor: str = "e2vid"  # CMESS / ESS: E2VID, frozen at labeling time
     recon_base_channels: int = 16  # unpublished: our choice (E2VID uses 32; CPU budget)
-    recon_weights: str = ""  # a local E2VID-style checkpoint instead of training the stage
-    recon_weights_prefix: str = ""  # keep checkpoint keys under it (rpg_e2vid: unetrecurrent.)
+    # code: uzh-rpg/rpg_e2vid E2VID_lightweight has BN and transposed-conv decoders ("bn",
+    # "transposed", the real-data presets); the world presets train the network from scratch
+    # on CPU without norm and with upsampling decoders: unpublished: our choice (their
+    # tables were measured so)
+    recon_norm: str = "none"
+    recon_decoder: str = "upsample"
+    # a local checkpoint instead of training the stage: rpg_e2vid's own .pth.tar (the
+    # architecture is the file's config; models.released.e2vid), or a state dict of the
+    # network above (keys under `recon_weights_prefix`, e.g. unetrecurrent.)
+    recon_weights: str = ""
+    recon_weights_prefix: str = ""
     # K: consecutive windows per sample (its channels = K × bins), run recurrently by the
     # reconstruction network (ESS: 20 windows of 5 bins); 1 = one window from a fresh state
     recon_windows: int = 1
@@ -84,10 +94,36 @@ def train_synthetic_model(m_s: nn.Module, data: TransferData, cfg: StageConfig, 
 
 
 def recon_key(cfg: StageConfig) -> tuple:
-    """What identifies a trained reconstruction stage (K = 1 keeps the key of runs made
-    before `recon_windows` existed)."""
+    """What identifies a trained reconstruction stage (K = 1, no norm and upsampling decoders
+    keep the key of runs made before `recon_windows`, `recon_norm`, `recon_decoder` existed)."""
     windows = () if cfg.recon_windows == 1 else (cfg.recon_windows,)
-    return (cfg.reconstructor, cfg.recon_base_channels, cfg.recon, *windows)
+    arch = (() if (cfg.recon_norm, cfg.recon_decoder) == ("none", "upsample")
+            else (cfg.recon_norm, cfg.recon_decoder))
+    return (cfg.reconstructor, cfg.recon_base_channels, cfg.recon, *windows, *arch)
+
+
+def reconstruction_network(cfg: StageConfig, in_chans: int) -> nn.Module:
+    """The reconstruction network for windows of `in_chans` channels: loaded from
+    `cfg.recon_weights` when set (strictly: every tensor the network needs, else ValueError
+    naming the file), else freshly initialised (`cfg.reconstructor`, width, norm, decoders)."""
+    path = cfg.recon_weights
+    if path and not path.endswith(".safetensors"):
+        obj = read_checkpoint(path)
+        if is_e2vid_layout(obj):
+            model = e2vid_from_checkpoint(obj, path)
+            if (model.in_chans, model.feature_channels[0]) != (in_chans,
+                                                               2 * cfg.recon_base_channels):
+                raise ValueError(f"{path}: the E2VID takes {model.in_chans} bins at "
+                                 f"{model.feature_channels[0] // 2} base channels; the data "
+                                 f"gives {in_chans} per window and stages.recon_base_channels "
+                                 f"is {cfg.recon_base_channels}")
+            return model
+    model = create_model(cfg.reconstructor, in_chans=in_chans,
+                         base_channels=cfg.recon_base_channels, norm=cfg.recon_norm,
+                         decoder=cfg.recon_decoder)
+    if path:
+        load_pretrained(model, path, prefix=cfg.recon_weights_prefix, adapt_in_chans=False)
+    return model
 
 
 def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed: int, device,
@@ -98,10 +134,8 @@ def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed:
     if k < 1 or channels % k:
         raise ValueError(f"stages.recon_windows must divide the event input's {channels} "
                          f"channels into windows, got {k}")
-    model = create_model(cfg.reconstructor, in_chans=channels // k,
-                         base_channels=cfg.recon_base_channels).to(device)
+    model = reconstruction_network(cfg, channels // k).to(device)
     if cfg.recon_weights:
-        load_pretrained(model, cfg.recon_weights, prefix=cfg.recon_weights_prefix)
         return model, 0.0
     run = stage_dir(root, "recon", *recon_key(cfg), seed)
     minutes = train_reconstructor(model, data.synth_x, data.synth_gray, cfg.recon, run_dir=run,

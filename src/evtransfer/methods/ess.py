@@ -8,7 +8,8 @@ Frozen event encoder: an E2VID-style recurrent U-Net. ESS loads the released
 E2VID_lightweight; here it is the shared reconstruction stage (trained on simulated (window,
 frame) pairs, `engine.transfer.train_reconstruction`, the cache CMESS and the recon_source
 baseline use), or a user-supplied E2VID checkpoint. It runs recurrently over the K windows of
-a sample (input channels = K × bins; the real loaders give 20 × 5) and yields latents at
+a sample (input channels = K × bins; the real loaders give 20 × 5), each window first
+normalised as E2VID's inference does (`event_input_norm`), and yields latents at
 strides 2, 4, 8 ("latent_real") and the last window's reconstruction. Then two stages (the
 CMESS project page: "ESS follows a two-stage training process"):
 
@@ -58,6 +59,9 @@ from evtransfer.engine.transfer import (
 )
 from evtransfer.methods.result import MethodResult
 from evtransfer.models import create_model, load_pretrained
+from evtransfer.models.recurrent import e2vid_input_norm
+
+INPUT_NORMS = ("batch", "sample", "none")
 
 
 def _uda_fit() -> FitConfig:
@@ -77,6 +81,12 @@ class EssConfig:
     # reconstruction stage; its architecture is stages.reconstructor/recon_base_channels
     event_encoder_weights: str = ""  # code: uzh-rpg/ess (e2vid/pretrained/, user-downloaded)
     event_encoder_prefix: str = "unetrecurrent."  # code: uzh-rpg/rpg_e2vid model/model.py
+    # code: uzh-rpg/ess e2vid/image_reconstructor.py update_reconstruction runs
+    # EventPreprocessor (e2vid/utils/inference_utils.py, no_normalize False by default) on
+    # every window before E2VID, in training and validation: non-zero voxels standardised
+    # with statistics pooled over the window's whole batch ("batch"); "sample" takes them
+    # per sample (rpg_e2vid's batch-1 inference), "none" feeds the windows as they come
+    event_input_norm: str = "batch"
     # torchvision ResNet-18 weights for the image encoder's BN and layers 1-3 (ESS: ImageNet,
     # models/style_networks.py); "" = random init (nothing is downloaded)
     image_encoder_weights: str = ""
@@ -96,6 +106,9 @@ class EssConfig:
     train_on_event_labels: bool = False  # code: settings_*.yaml (True: the supervised rows)
 
     def __post_init__(self) -> None:
+        if self.event_input_norm not in INPUT_NORMS:
+            raise ValueError(f"ess: event_input_norm must be one of {INPUT_NORMS}, got "
+                             f"{self.event_input_norm!r}")
         if self.uda.lr <= 0 or self.lr_front < 0:
             raise ValueError(f"ess: uda.lr must be > 0 and lr_front >= 0, got {self.uda.lr}, "
                              f"{self.lr_front}")
@@ -129,11 +142,18 @@ def feature_l1(fake: dict[int, Tensor], real: dict[int, Tensor]) -> Tensor:
 
 
 # --- the frozen recurrent event encoder ------------------------------------------------------
-def event_latents(encoder: nn.Module, x: Tensor, with_image: bool = False
-                  ) -> tuple[Tensor | None, list[Tensor]]:
+def event_latents(encoder: nn.Module, x: Tensor, with_image: bool = False,
+                  input_norm: str = "none") -> tuple[Tensor | None, list[Tensor]]:
     """Run a recurrent E2VID (`in_chans` = bins) over the K windows of x (B, K·bins, H, W),
-    oldest first, from a fresh state. Returns the last window's reconstruction (B, 1, H, W)
-    in [0, 1] (None unless `with_image`) and its latents at strides 2, 4, 8."""
+    oldest first, from a fresh state, each window first normalised by `input_norm` ("batch":
+    `e2vid_input_norm` pooled over the batch, as ESS's code; "sample"; "none"). Returns the
+    last window's reconstruction (B, 1, H, W) in [0, 1] (None unless `with_image`) and its
+    latents at strides 2, 4, 8."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+    if input_norm != "none":
+        x = torch.cat([e2vid_input_norm(w, per_sample=input_norm == "sample")
+                       for w in x.split(encoder.in_chans, dim=1)], dim=1)
     last, state = encoder.history(x)
     if with_image:
         out = encoder.forward_all(last, state)
@@ -143,15 +163,16 @@ def event_latents(encoder: nn.Module, x: Tensor, with_image: bool = False
 
 
 class EssSegmenter(nn.Module):
-    """ESS at inference: event windows (B, K·bins, H, W) → frozen recurrent encoder → task
-    decoder → logits (B, classes, H, W)."""
+    """ESS at inference: event windows (B, K·bins, H, W) → E2VID's input normalisation
+    (`input_norm`, see `event_latents`) → frozen recurrent encoder → task decoder → logits
+    (B, classes, H, W)."""
 
-    def __init__(self, events: nn.Module, decoder: nn.Module) -> None:
+    def __init__(self, events: nn.Module, decoder: nn.Module, input_norm: str = "none") -> None:
         super().__init__()
-        self.events, self.decoder = events, decoder
+        self.events, self.decoder, self.input_norm = events, decoder, input_norm
 
     def forward(self, x: Tensor) -> Tensor:
-        _, latents = event_latents(self.events, x)
+        _, latents = event_latents(self.events, x, input_norm=self.input_norm)
         return self.decoder(latents, x.shape[-2:]).logits
 
 
@@ -234,7 +255,8 @@ def ess_losses(image_encoder: nn.Module, decoder: nn.Module, events: nn.Module, 
     l_task = cfg.weight_task * task_loss(decoder(latents, size).logits, batch["y"])
 
     with torch.no_grad():
-        recon, real = event_latents(events, batch["x"], with_image=True)
+        recon, real = event_latents(events, batch["x"], with_image=True,
+                                    input_norm=cfg.event_input_norm)
     fake = image_encoder(recon)
     pred_fake = _frozen(decoder, fake, size)  # alignment: grad → image encoder only
     pred_real = decoder(real, size)  # decoder step: grad → decoder only (real is constant)
@@ -336,7 +358,7 @@ def train_ess(data: TransferData, cfg: EssConfig, root: str | Path, *, seed: int
     run = stage_dir(root, "ESS", own, cfg.event_encoder_weights or recon_key(cfg.stages), seed)
     minutes["ESS"] = uda_stage(events, image_encoder, decoder, data, cfg, run, seed, device,
                                progress, labels if cfg.train_on_event_labels else None)
-    segmenter = EssSegmenter(events, decoder.eval()).eval()
+    segmenter = EssSegmenter(events, decoder.eval(), cfg.event_input_norm).eval()
     network = nn.ModuleList([events.head, events.encoders, decoder])
     return MethodResult(lambda x: segment(segmenter, x, device=device), network, minutes)
 

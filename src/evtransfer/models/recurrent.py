@@ -1,16 +1,24 @@
 """Event → image reconstruction (recurrent U-Net, E2VID) and image → event translation (U-Net).
 
-E2VID (Rebecq et al., TPAMI 2019; code: uzh-rpg/rpg_e2vid model/unet.py, model/submodules.py,
-the released `E2VID_lightweight` configuration): a 5×5 head conv to `base` (32) channels;
-`num_encoders` (3) encoders, each a stride-2 5×5 conv (ReLU) followed by a ConvLSTM with a
-3×3 gate conv, doubling the channels (64, 128, 256 at strides 2, 4, 8); `num_residual_blocks`
-(2) residual blocks; decoders of ×2 bilinear upsampling + 5×5 conv (ReLU) halving channels,
-each fed the sum of the previous output and the matching encoder output; a 1×1 prediction
-conv on the sum with the head output; sigmoid. With 5 input bins this has 10 710 401
-parameters. No normalisation by default (`norm="none"`, as the released model). Parameter
-names follow rpg_e2vid's `UNetRecurrent` (`head.conv2d`, `encoders.{i}.recurrent_block.Gates`,
-`resblocks.{i}.conv1`, `decoders.{i}.conv2d`, `pred.conv2d`), so a released checkpoint's
-`unetrecurrent.*` entries load once that prefix is stripped.
+E2VID (Rebecq et al., TPAMI 2019; code: uzh-rpg/rpg_e2vid model/unet.py `UNetRecurrent`,
+model/submodules.py): a 5×5 head conv (ReLU, never normalised) to `base` (32) channels;
+`num_encoders` (3) encoders, each a stride-2 5×5 conv (norm, ReLU) followed by a ConvLSTM with
+a 3×3 gate conv, doubling the channels (64, 128, 256 at strides 2, 4, 8);
+`num_residual_blocks` (2) residual blocks; decoders (norm, ReLU) halving channels, each fed
+the skip of the previous output and the matching encoder output; a 1×1 prediction conv (with
+the norm) on the skip with the head output; sigmoid. `skip` "sum" adds, "concat"
+concatenates (the decoders and the prediction then take twice the channels). `decoder`:
+"transposed" (5×5 stride-2 transposed convs, output padding 1: the released
+E2VID_lightweight) or "upsample" (×2 bilinear upsampling + 5×5 conv: the older E2VID.pth.tar
+and our world presets). `norm` "bn" or "in" as the code's BN / IN (convs before a norm have
+no bias; the residual blocks' IN keeps no running statistics). The released
+E2VID_lightweight is `e2vid(norm="bn", decoder="transposed")`; the defaults (no norm,
+upsampling decoders) are our world presets' reconstruction network, with 10 710 401
+parameters at 5 bins. Parameter names follow rpg_e2vid's (`head.conv2d`,
+`encoders.{i}.conv.conv2d`, `encoders.{i}.recurrent_block.Gates`, `resblocks.{i}.conv1/bn1`,
+`decoders.{i}.transposed_conv2d` or `.conv2d`, `….norm_layer`, `pred.conv2d`), so a released
+checkpoint's `unetrecurrent.*` entries load once that prefix is stripped
+(`models.released.e2vid`). `e2vid_input_norm` is E2VID's input normalisation.
 
 The recurrent state is explicit: `forward(x, state)` returns `(image, new_state)`; `state`
 is None for a fresh sequence (zeros), otherwise the list of `(hidden, cell)` pairs
@@ -24,9 +32,11 @@ by those papers (unpublished: our choice). `ImageLatentEncoder` is ESS's image e
 (`StyleEncoderE2VID`, code: uzh-rpg/ess models/style_networks.py): a ResNet-18 stem without
 max-pool and its layers 1–3, giving latents with E2VID's channels at strides 2, 4, 8.
 
-Sides of any size are accepted: decoders upsample to the exact size of their skip. The U-Net
-builders initialise convs with PyTorch's default (uniform) scheme, as the reference code, since
-the networks have no normalisation layers.
+Sides of any size are accepted: upsampling decoders resize to the exact size of their skip
+and transposed-conv outputs (twice their input) are cropped to it. The reference code takes
+sides divisible by 2^num_encoders only (it pads its input to them, utils/inference_utils.py
+`CropParameters`), where both agree with it exactly. The U-Net builders initialise convs with
+PyTorch's default (uniform) scheme, as the reference code.
 """
 
 from __future__ import annotations
@@ -41,15 +51,41 @@ from evtransfer.models.heads import ActivationName, check_image, init_weights, m
 from evtransfer.models.resnet import BasicBlock, make_layer
 
 Norm = Literal["none", "bn", "in"]
+Decoder = Literal["upsample", "transposed"]
+Skip = Literal["sum", "concat"]
 State = list[tuple[Tensor, Tensor]]
 
 
-def _norm(kind: Norm, channels: int) -> nn.Module | None:
+def _norm(kind: Norm, channels: int, running_stats: bool = True) -> nn.Module | None:
     if kind not in ("none", "bn", "in"):
         raise ValueError(f"norm must be 'none', 'bn' or 'in', got {kind!r}")
     if kind == "bn":
         return nn.BatchNorm2d(channels)
-    return nn.InstanceNorm2d(channels, track_running_stats=True) if kind == "in" else None
+    if kind == "in":
+        return nn.InstanceNorm2d(channels, track_running_stats=running_stats)
+    return None
+
+
+def e2vid_input_norm(x: Tensor, per_sample: bool = False) -> Tensor:
+    """E2VID's input normalisation of one window's voxel grid x (B, bins, H, W) float: the
+    non-zero entries become (v − mean)/std with the mean and the biased (N) standard
+    deviation of the non-zero entries, zeros stay zero (code: uzh-rpg/rpg_e2vid
+    utils/inference_utils.py `EventPreprocessor`, which ESS applies to every window).
+    The code takes the statistics over the whole tensor, i.e. pooled over the batch
+    (`per_sample=False`); `per_sample=True` takes them per batch item (the code's batch-1
+    inference). An all-zero tensor (item) is returned unchanged; a constant non-zero one
+    gives non-finite values, as the code (its std is 0)."""
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"x must be a (B, bins, H, W) float tensor, got {tuple(x.shape)} "
+                         f"{x.dtype}")
+    flat = x.reshape(x.shape[0] if per_sample else 1, -1)
+    nonzero = flat != 0
+    count = nonzero.sum(1, keepdim=True)
+    safe = count.clamp(min=1)
+    mean = flat.sum(1, keepdim=True) / safe
+    std = (flat.square().sum(1, keepdim=True) / safe - mean.square()).sqrt()
+    out = torch.where(nonzero, (flat - mean) / std, 0.0)
+    return torch.where(count > 0, out, flat).reshape(x.shape)
 
 
 class _ConvLayer(nn.Module):
@@ -77,16 +113,32 @@ class _UpsampleConvLayer(_ConvLayer):
         return super().forward(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
 
 
+class _TransposedConvLayer(nn.Module):
+    """5×5 stride-2 transposed conv (padding 2, output padding 1: exactly ×2), cropped to
+    `size` → optional norm → ReLU (rpg_e2vid `TransposedConvLayer`, `transposed_conv2d`)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, norm: Norm) -> None:
+        super().__init__()
+        self.transposed_conv2d = nn.ConvTranspose2d(cin, cout, kernel, 2, kernel // 2,
+                                                    output_padding=1, bias=norm != "bn")
+        self.norm_layer = _norm(norm, cout)
+
+    def forward(self, x: Tensor, size: torch.Size) -> Tensor:
+        x = self.transposed_conv2d(x)[..., :size[0], :size[1]]
+        return F.relu(x if self.norm_layer is None else self.norm_layer(x))
+
+
 class _ResBlock(nn.Module):
-    """relu(x + norm(conv(relu(norm(conv(x)))))) with 3×3 convs (rpg_e2vid `ResidualBlock`)."""
+    """relu(x + norm(conv(relu(norm(conv(x)))))) with 3×3 convs (rpg_e2vid `ResidualBlock`,
+    whose instance norms keep no running statistics)."""
 
     def __init__(self, channels: int, norm: Norm) -> None:
         super().__init__()
         bias = norm != "bn"
         self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=bias)
-        self.bn1 = _norm(norm, channels)
+        self.bn1 = _norm(norm, channels, running_stats=False)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=bias)
-        self.bn2 = _norm(norm, channels)
+        self.bn2 = _norm(norm, channels, running_stats=False)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv1(x)
@@ -133,6 +185,7 @@ class UNet(nn.Module):
 
     `forward_features(x)` returns the encoder outputs at strides 2, 4, … with
     `feature_channels` (2·base, 4·base, …). The output passes through `final_activation`.
+    `decoder` and `skip` as rpg_e2vid's `use_upsample_conv` and `skip_type` (module docstring).
     """
 
     recurrent = False
@@ -147,21 +200,29 @@ class UNet(nn.Module):
         kernel_size: int = 5,
         norm: Norm = "none",
         final_activation: ActivationName = "none",
+        decoder: Decoder = "upsample",
+        skip: Skip = "sum",
     ) -> None:
         super().__init__()
         if in_chans < 1 or out_chans < 1 or num_encoders < 1:
             raise ValueError(f"in_chans, out_chans and num_encoders must be >= 1, got "
                              f"{in_chans}, {out_chans}, {num_encoders}")
-        self.in_chans = in_chans
+        if decoder not in ("upsample", "transposed") or skip not in ("sum", "concat"):
+            raise ValueError(f"decoder must be 'upsample' or 'transposed' and skip 'sum' or "
+                             f"'concat', got {decoder!r}, {skip!r}")
+        self.in_chans, self.skip = in_chans, skip
         chans = [base_channels * 2**i for i in range(num_encoders + 1)]
-        self.head = _ConvLayer(in_chans, base_channels, kernel_size, 1, norm)
+        wide = 2 if skip == "concat" else 1
+        self.head = _ConvLayer(in_chans, base_channels, kernel_size, 1, "none")
         self.encoders = nn.ModuleList([self._encoder(chans[i], chans[i + 1], kernel_size, norm)
                                        for i in range(num_encoders)])
         self.resblocks = nn.Sequential(*[_ResBlock(chans[-1], norm)
                                          for _ in range(num_residual_blocks)])
-        self.decoders = nn.ModuleList([_UpsampleConvLayer(c, c // 2, kernel_size, 1, norm)
-                                       for c in reversed(chans[1:])])
-        self.pred = _ConvLayer(base_channels, out_chans, 1, 1, norm, relu=False)
+        self.decoders = nn.ModuleList([
+            _TransposedConvLayer(wide * c, c // 2, kernel_size, norm) if decoder == "transposed"
+            else _UpsampleConvLayer(wide * c, c // 2, kernel_size, 1, norm)
+            for c in reversed(chans[1:])])
+        self.pred = _ConvLayer(wide * base_channels, out_chans, 1, 1, norm, relu=False)
         self.act = make_activation(final_activation)
         self.feature_channels = tuple(chans[1:])
         self.feature_strides = tuple(2**i for i in range(1, num_encoders + 1))
@@ -169,12 +230,15 @@ class UNet(nn.Module):
     def _encoder(self, cin: int, cout: int, kernel: int, norm: Norm) -> nn.Module:
         return _ConvLayer(cin, cout, kernel, 2, norm)
 
+    def _join(self, x: Tensor, skip: Tensor) -> Tensor:
+        return x + skip if self.skip == "sum" else torch.cat([x, skip], dim=1)
+
     def _decode(self, head: Tensor, skips: list[Tensor]) -> Tensor:
         x = self.resblocks(skips[-1])
         targets = [head, *skips[:-1]]
         for i, decoder in enumerate(self.decoders):
-            x = decoder(x + skips[-1 - i], targets[-1 - i].shape[-2:])
-        return self.act(self.pred(x + head))
+            x = decoder(self._join(x, skips[-1 - i]), targets[-1 - i].shape[-2:])
+        return self.act(self.pred(self._join(x, head)))
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         check_image(x, self.in_chans)
@@ -307,10 +371,13 @@ class ImageLatentEncoder(nn.Module):
 
 def e2vid(in_chans: int = 5, out_chans: int = 1, base_channels: int = 32, num_encoders: int = 3,
           num_residual_blocks: int = 2, norm: Norm = "none",
-          final_activation: ActivationName = "sigmoid", seed: int = 0) -> RecurrentUNet:
-    """E2VID recurrent U-Net (defaults: the released E2VID_lightweight configuration)."""
+          final_activation: ActivationName = "sigmoid", decoder: Decoder = "upsample",
+          skip: Skip = "sum", seed: int = 0) -> RecurrentUNet:
+    """E2VID recurrent U-Net. The defaults are our world presets' network; the released
+    E2VID_lightweight is `norm="bn", decoder="transposed"`, the older E2VID.pth.tar
+    `decoder="upsample"` with the norm its file names (`models.released.e2vid` reads both)."""
     net = RecurrentUNet(in_chans, out_chans, base_channels, num_encoders, num_residual_blocks,
-                        5, norm, final_activation)
+                        5, norm, final_activation, decoder, skip)
     return init_weights(net, seed, conv="uniform")
 
 
