@@ -1,25 +1,8 @@
+"""`evtransfer train`, `bench transfer` and `demo` on the tiny world."""
+
 import json
 
-import pytest
-
-from evtransfer import __version__
 from evtransfer.cli import main
-
-
-def test_help_and_version(capsys):
-    assert main([]) == 0
-    assert "COMMAND" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["--version"])
-    assert __version__ in capsys.readouterr().out
-
-
-def test_world_show_and_a_clean_error(tiny_world, tmp_path, capsys):
-    out = tmp_path / "montage.png"
-    assert main(["world", "show", str(tiny_world), "-o", str(out), "--samples", "2"]) == 0
-    assert out.stat().st_size > 1000
-    assert main(["world", "show", str(tmp_path), "-o", str(out)]) == 2
-    assert "not a built world" in capsys.readouterr().err
 
 
 def test_train_and_bench_on_a_built_world(tiny_world, tmp_path, capsys):

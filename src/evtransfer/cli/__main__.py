@@ -1,0 +1,7 @@
+"""`python -m evtransfer.cli`."""
+
+import sys
+
+from evtransfer.cli import main
+
+sys.exit(main())

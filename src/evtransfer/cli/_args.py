@@ -1,0 +1,88 @@
+"""Argument helpers shared by the command groups: recordings, worlds, configs, checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """`--device` (a torch device string)."""
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def add_recording_args(p: argparse.ArgumentParser, positional: str = "path") -> None:
+    """A recording path plus `--format/--width/--height` reader overrides."""
+    p.add_argument(positional,
+                   help="recording: .raw, .dat, .bin, .aedat4, .h5, spike .dat/.npy")
+    p.add_argument("--format", default=None, help="skip detection (e.g. evt3, spike-dat)")
+    p.add_argument("--width", type=int, default=None, help="sensor / frame width override")
+    p.add_argument("--height", type=int, default=None, help="sensor / frame height override")
+
+
+def reader_options(args: argparse.Namespace) -> dict:
+    """The `open_recording` keyword arguments given on the command line."""
+    return {k: v for k, v in (("format", args.format), ("width", args.width),
+                              ("height", args.height)) if v is not None}
+
+
+def open_reader(args: argparse.Namespace):
+    """The reader of `args.path` with the command line's overrides."""
+    from evtransfer.io import open_recording
+
+    return open_recording(args.path, **reader_options(args))
+
+
+def add_world_args(p: argparse.ArgumentParser, world: str | None = "small",
+                   config: str = "benchmark/method YAML (TransferBenchConfig)",
+                   example: str = "cmess.fuse_lambda=0.7") -> None:
+    """`--world/--config/--set/--out/--device` of the training commands."""
+    p.add_argument("--world", default=world,
+                   help="a world preset (tiny, small, full), a world YAML, or a built world folder "
+                        "(not used when the config's real: section names a dataset)")
+    p.add_argument("--config", default=None, help=config)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config field, e.g. --set {example}")
+    p.add_argument("--out", required=True, help="output folder")
+    add_device(p)
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """`--checkpoint` (a model package or a train folder) and `--device`."""
+    p.add_argument("--checkpoint", required=True,
+                   help="model package (.safetensors) or a `train` output folder holding one")
+    add_device(p)
+
+
+def world_config(preset: str, path: str | None, overrides: list[str]):
+    """A WorldConfig from a YAML file or a preset, with --set overrides."""
+    from evtransfer.config import load_config, to_dict
+    from evtransfer.world.domains import WorldConfig
+    from evtransfer.world.domains import preset as world_preset
+
+    base = path if path is not None else to_dict(world_preset(preset))
+    return load_config(WorldConfig, base, overrides)
+
+
+def world_root(spec: str, out, device: str) -> Path:
+    """A built world folder from a preset name, a world YAML, or an existing folder."""
+    from evtransfer.world.build import build_world
+
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "world.yaml").is_file():
+            raise FileNotFoundError(f"{path} is not a built world (no world.yaml)")
+        return path
+    if spec.endswith((".yaml", ".yml")):
+        cfg = world_config("small", spec, [])
+        return build_world(cfg, Path(out) / "world", device=device)
+    return build_world(world_config(spec, None, []), Path(out) / f"world-{spec}",
+                       device=device)
+
+
+def output_file(path: str) -> Path:
+    """`path` as an output file whose folder exists (FileNotFoundError otherwise)."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"{out}: folder {out.parent} does not exist")
+    return out

@@ -1,0 +1,111 @@
+"""`evtransfer simulate events|spikes`: frames (a folder, a video, one image) to a recording."""
+
+from __future__ import annotations
+
+from evtransfer.cli._args import add_device, output_file
+
+
+def add(sub) -> None:
+    """Register `simulate events` and `simulate spikes`."""
+    p = sub.add_parser("simulate", help="simulate DVS events or spike-camera spikes from frames")
+    kinds = p.add_subparsers(dest="sensor", metavar="SENSOR", required=True)
+    ev = kinds.add_parser("events", help="frames -> DVS events (DSEC-layout .h5)")
+    ev.add_argument("--preset", default="clean", choices=("ideal", "clean", "noisy"),
+                    help="DVS model (default: clean)")
+    sp = kinds.add_parser("spikes", help="frames -> spike-camera spikes (.dat)")
+    sp.add_argument("--rate-hz", type=float, default=20000.0, help="readout rate (default 20000)")
+    sp.add_argument("--ticks", type=int, default=1000,
+                    help="readouts of a still image without --motion (default 1000)")
+    for q, suffix in ((ev, ".h5"), (sp, ".dat")):
+        q.add_argument("input", help="frame folder with timestamps, video file, or one image")
+        q.add_argument("-o", "--out", required=True, help=f"output file ({suffix})")
+        q.add_argument("--motion", default="none", choices=("none", "random"),
+                       help="random camera motion turns one image into a pseudo-video")
+        q.add_argument("--frames", type=int, default=100, help="pseudo-video frames (default 100)")
+        q.add_argument("--fps", type=float, default=1000.0, help="pseudo-video rate (default 1000)")
+        q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        add_device(q)
+    p.set_defaults(run=run_simulate)
+
+
+def run_simulate(args) -> int:
+    """Simulate `args.input` into `args.out`."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from evtransfer.simulate import open_frames
+    from evtransfer.simulate.sources import IMAGE_SUFFIXES
+
+    out = output_file(args.out)
+    still = Path(args.input).suffix.lower() in IMAGE_SUFFIXES and args.motion == "none"
+    if still and args.sensor == "events":
+        raise ValueError(f"{args.input}: a still image makes no events; add --motion random")
+    if still:
+        return _simulate_still_spikes(args, out)
+    source = open_frames(args.input, motion=args.motion, n_frames=args.frames, fps=args.fps,
+                         seed=args.seed)
+    frames = tqdm(source.frames, total=source.n_frames, unit="frame", desc=args.sensor,
+                  disable=None)
+    if args.sensor == "events":
+        return _simulate_events(args, source, frames, out)
+    return _simulate_spikes(args, source, frames, out)
+
+
+def _simulate_events(args, source, frames, out) -> int:
+    from evtransfer.io.dsec import DsecEventsWriter
+    from evtransfer.simulate import DvsSimulator, dvs_preset
+
+    sim = DvsSimulator(dvs_preset(args.preset, seed=args.seed), source.height, source.width,
+                       device=args.device)
+    writer = None
+    total = 0
+    try:
+        for frame, t_us in frames:
+            if writer is None:
+                writer = DsecEventsWriter(out, width=source.width, height=source.height,
+                                          t_offset_us=t_us)
+            events = sim.feed(frame, t_us)[0]
+            writer.write(events)
+            total += len(events)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is None:
+        raise ValueError(f"{args.input}: no frames")
+    writer.close()
+    print(f"wrote {total} events ({source.width}x{source.height}) to {out}")
+    return 0
+
+
+def _simulate_spikes(args, source, frames, out) -> int:
+    import numpy as np
+
+    from evtransfer.events import Spikes
+    from evtransfer.io.spike import write_spike_dat
+    from evtransfer.simulate import SpikeConfig, SpikeSimulator
+
+    config = SpikeConfig(rate_hz=args.rate_hz, seed=args.seed)
+    sim = SpikeSimulator(config, source.height, source.width, device=args.device)
+    parts = [sim.feed(frame, t_us)[0] for frame, t_us in frames]
+    if len(parts) < 2:
+        raise ValueError(f"{args.input}: spikes need at least two frames")
+    spikes = Spikes(np.concatenate([s.data for s in parts[1:]]), config.rate_hz,
+                    width=source.width, packed=True, t0_us=parts[1].t0_us)
+    write_spike_dat(out, spikes)
+    print(f"wrote {len(spikes)} spike frames ({source.width}x{source.height}) to {out}")
+    return 0
+
+
+def _simulate_still_spikes(args, out) -> int:
+    from evtransfer.io.spike import write_spike_dat
+    from evtransfer.simulate import SpikeConfig, spikes_from_image
+    from evtransfer.simulate.sources import load_gray
+
+    image = load_gray(args.input)
+    config = SpikeConfig(rate_hz=args.rate_hz, seed=args.seed)
+    spikes = spikes_from_image(image, args.ticks, config, device=args.device)
+    write_spike_dat(out, spikes)
+    print(f"wrote {len(spikes)} spike frames ({spikes.width}x{spikes.height}) to {out}")
+    return 0
