@@ -134,6 +134,10 @@ def test_refusal_comes_before_any_build(tmp_path):
         run_transfer_suite("suite:report:tiny", ["evdistill"], [0], tmp_path, cfg,
                            progress=False)
     assert not (tmp_path / "worlds").exists()
+    real = replace(cfg, real=replace(cfg.real, target="ddd17"))
+    with pytest.raises(ValueError, match="real.target is 'ddd17'"):
+        run_transfer_suite("suite:dev:tiny", ["source_only"], [0], tmp_path, real,
+                           progress=False)
 
 
 def _data(source_label_value: int) -> TransferData:

@@ -123,6 +123,9 @@ def run_transfer_suite(spec: str, methods: list[str], seeds: list[int], out: str
     worlds are built into `worlds_dir` (default `out/worlds`), the source-side stages cached
     in `source_dir` (default `out/source`; suites of one source and size may share it).
     Writes `out/results.json` and `out/results.md`; returns the results dict."""
+    if cfg.real.target:
+        raise ValueError(f"a world suite runs on worlds, but the config's real.target is "
+                         f"{cfg.real.target!r}; leave it empty")
     suite = resolve_suite(spec, size)
     check_provenance(suite, methods, cfg)
     out = Path(out)
