@@ -134,8 +134,9 @@ def test_refusal_comes_before_any_build(tmp_path):
         run_transfer_suite("suite:report:tiny", ["evdistill"], [0], tmp_path, cfg,
                            progress=False)
     assert not (tmp_path / "worlds").exists()
-    with pytest.raises(ValueError, match="unknown methods bicross; available: "):
-        run_transfer_suite("suite:dev:tiny", ["bicross"], [0], tmp_path, cfg, progress=False)
+    with pytest.raises(ValueError, match="not segmentation methods: bicross, nope; available: "):
+        run_transfer_suite("suite:dev:tiny", ["bicross", "nope"], [0], tmp_path, cfg,
+                           progress=False)
     real = replace(cfg, real=replace(cfg.real, target="ddd17"))
     with pytest.raises(ValueError, match="real.target is 'ddd17'"):
         run_transfer_suite("suite:dev:tiny", ["source_only"], [0], tmp_path, real,

@@ -23,7 +23,7 @@ import numpy as np
 
 from evtransfer.bench import TransferBenchConfig, gap_closed, method_config, run_transfer
 from evtransfer.config import load_config, save_resolved
-from evtransfer.methods import METHODS
+from evtransfer.methods import DEPTH_METHODS, METHODS
 from evtransfer.world.domains import SUITE_SIZES
 from evtransfer.world.suites import Suite, build_suite, resolve_suite
 
@@ -127,10 +127,11 @@ def run_transfer_suite(spec: str, methods: list[str], seeds: list[int], out: str
     if cfg.real.target:
         raise ValueError(f"a world suite runs on worlds, but the config's real.target is "
                          f"{cfg.real.target!r}; leave it empty")
-    unknown = [m for m in methods if m not in METHODS]
+    choices = [m for m in METHODS if m not in DEPTH_METHODS]
+    unknown = [m for m in methods if m not in choices]
     if unknown:
-        raise ValueError(f"unknown methods {', '.join(unknown)}; available: "
-                         f"{', '.join(METHODS)}")
+        raise ValueError(f"not segmentation methods: {', '.join(unknown)}; available: "
+                         f"{', '.join(choices)}")
     suite = resolve_suite(spec, size)
     check_provenance(suite, methods, cfg)
     out = Path(out)
