@@ -48,9 +48,10 @@ def _close(got: torch.Tensor, want: torch.Tensor, what: str, rel: float = 1e-5) 
 T_OFFSET = 5_000_000
 
 
-def _dsec_fixture(root: Path) -> Path:
+def _dsec_fixture(root: Path, left_border: bool = False) -> Path:
     """One sequence: 20 000 events every 20 µs over 400 ms (+ t_offset), 12 labels at
-    10.123 + 30 k ms, and a sub-pixel rectify map (shifts in [0, 0.9) px, inside the image)."""
+    10.123 + 30 k ms, and a sub-pixel rectify map (shifts in [0, 0.9) px, inside the image;
+    with `left_border` the first two columns map to x = -1.5 and -0.5)."""
     gen = np.random.default_rng(0)
     n = 20_000
     t = T_OFFSET + np.arange(n, dtype=np.int64) * 20 + gen.integers(0, 3, n).cumsum() // 50
@@ -59,6 +60,8 @@ def _dsec_fixture(root: Path) -> Path:
                     np.where(gen.random(n) < 0.5, -1, 1).astype(np.int8), 640, 480)
     grid = np.stack(np.meshgrid(np.arange(640), np.arange(480)), axis=-1).astype(np.float32)
     rmap = np.minimum(grid + gen.random(grid.shape).astype(np.float32) * 0.9, [639, 479])
+    if left_border:
+        rmap[:, :2, 0] = [-1.5, -0.5]
     labels = T_OFFSET + 10_123 + 30_000 * np.arange(12)
     seq = dsec_sequence(root / "train" / "zurich_city_00_a", events, labels,
                         t_offset=T_OFFSET, rectify_map=rmap.astype(np.float32))
@@ -90,6 +93,23 @@ def test_dsec_semantic_matches_ess_sequence(tmp_path, remove_ms):
         assert sample["representation"].shape == want_x.shape == (12, 440, 640)
         _close(sample["representation"], want_x, f"voxel grid of sample {i}")
     assert ours.locate(0)[1] == cfg.labels_dropped()
+
+
+def test_dsec_semantic_differs_from_ess_only_at_the_left_border_for_negative_x(tmp_path):
+    """Documented deviation: ESS's VoxelGrid takes x.int() (truncation), so an event
+    rectified to x in (-2, 0) also adds a negative weight 1 - |x_lim - x| < 0 at column
+    0 or 1; ours splats bilinearly from floor(x) and drops corners outside the image."""
+    seq_dir = _dsec_fixture(tmp_path, left_border=True)
+    sequence = ref_attr(import_ref(REPO, "DSEC.dataset.sequence", stubs=_stubs()), "Sequence")
+    ref = sequence(seq_dir, "train", "voxel_grid", nr_events_data=2, nr_events_per_data=1500,
+                   nr_bins_per_data=3, semseg_num_classes=11, remove_time_window=0)
+    cfg = DsecSemanticConfig(num_windows=2, events_per_window=1500, remove_time_window_ms=0,
+                             sequences=("zurich_city_00_a",))
+    got = DsecSemantic(tmp_path, "train", cfg, representation=partial(voxel_grid, bins=3))[2]
+    want = ref[2][0]
+    _close(got["representation"][..., 2:], want[..., 2:], "voxel grid right of column 2")
+    diff = (got["representation"][..., :2] - want[..., :2]).abs().amax(dim=(0, 1))
+    assert bool((diff > 0.1).all())  # both columns differ: the code's negative weights
 
 
 # --- DDD17 ----------------------------------------------------------------------------------
