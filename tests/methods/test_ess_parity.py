@@ -183,7 +183,10 @@ class _Reconstructor:
 
 
 class _FixedEvents(nn.Module):
-    """Our side's frozen E2VID with the same fixed outputs (`history` / `forward_all`)."""
+    """Our side's frozen E2VID with the same fixed outputs (`history` / `forward_all`); the
+    batch's x holds 2 windows of `in_chans` = 2 bins."""
+
+    in_chans = 2
 
     def __init__(self, image, latents):
         super().__init__()
