@@ -30,6 +30,9 @@ from tests.models.netref import randomize_
 from tests.refs import import_ref, ref_attr, stub_module
 
 REPO = "uzh-rpg+ess"
+# where ESS's Dice loss works: its make_one_hot (utils/loss_functions.py:54) puts the one-hot
+# on CUDA whenever CUDA exists, so the loss tests run there on a GPU machine
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --- the stand-in for torchvision.models.resnet18 (torchvision's module layout) -------------
@@ -147,9 +150,10 @@ def test_task_loss_matches_dice_plus_cross_entropy_of_the_code():
     ref = ref_attr(losses, "TaskLoss")(losses=["dice", "cross_entropy"], gamma=2.0,
                                        num_classes=5, ignore_index=255, reduction="mean")
     gen = torch.Generator().manual_seed(2)
-    logits = torch.randn(3, 5, 8, 12, generator=gen) * 2
+    logits = (torch.randn(3, 5, 8, 12, generator=gen) * 2).to(DEVICE)
     label = torch.randint(0, 4, (3, 8, 12), generator=gen)  # class 4 absent
     label[0, :3] = 255
+    label = label.to(DEVICE)
     ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
     got, want = task_loss(ours, label), ref(theirs, label)
     got.backward(), want.backward()
@@ -247,8 +251,11 @@ def test_losses_and_gradient_routing_match_ess_train_step(route):
              "x": torch.randn(2, 4, 32, 48, generator=gen),
              "y_t": torch.randint(0, classes, (2, 32, 48), generator=gen)}
     batch["y"][0, :4] = 255
-    latents = _latents(gen)
-    events = (torch.rand(2, 1, 32, 48, generator=gen), latents)
+    batch = {k: v.to(DEVICE) for k, v in batch.items()}
+    latents = {k: v.to(DEVICE) for k, v in _latents(gen).items()}
+    events = (torch.rand(2, 1, 32, 48, generator=gen).to(DEVICE), latents)
+    for net in (ref_enc, ref_dec, enc, dec):
+        net.to(DEVICE)
     want_losses, want_total = _ref_train_step(trainer, ref_enc, ref_dec, batch, events,
                                               ROUTES[route])
 
