@@ -41,10 +41,9 @@ _ENCODER_RULES = (
     (r"^encoder_scale_3\.(.+)$", r"layers.2.\1"),
 )
 # SemSegE2VID(skip_connect=True): decoder_scale_1 = residual blocks (INSResBlock, convs at
-# model.0 / model.3) then one ReLUINSConv2d (conv at model.0); scales 2-4 are ReLUINSConv2d
-# lists; decoder_scale_5 is the 1×1 classifier.
+# model.0 / model.3, mapped in `decoder_state`) then one ReLUINSConv2d (conv at model.0);
+# scales 2-4 are ReLUINSConv2d lists; decoder_scale_5 is the 1×1 classifier.
 _DECODER_RULES = (
-    (r"^decoder_scale_1\.(\d+)\.model\.([03])\.(weight|bias)$", None),  # resolved per state
     (r"^decoder_scale_2\.([01])\.model\.0\.(weight|bias)$", r"stage4.\1.0.\2"),
     (r"^decoder_scale_3\.([01])\.model\.0\.(weight|bias)$", r"stage2.\1.0.\2"),
     (r"^decoder_scale_4\.0\.model\.0\.(weight|bias)$", r"stage1.0.\1"),
@@ -82,17 +81,13 @@ def decoder_state(state: Mapping[str, Tensor], path: Path | str = "<state>") -> 
     """ESS `back_end` (SemSegE2VID, concat skips) names → `LatentSegDecoder` names. The
     residual blocks of decoder_scale_1 are those with a second conv (model.3); the entry
     after them is the channel-halving conv."""
-    blocks = {int(m.group(1)) for k in state
-              if (m := re.match(r"^decoder_scale_1\.(\d+)\.model\.3\.", k))}
-    rules = []
-    for pattern, repl in _DECODER_RULES:
-        if repl is None:
-            rules += [(rf"^decoder_scale_1\.({i})\.model\.([03])\.(weight|bias)$",
-                       r"stage8.\1.body.\2.\3") for i in sorted(blocks)]
-            rules.append((rf"^decoder_scale_1\.{len(blocks)}\.model\.0\.(weight|bias)$",
-                          rf"stage8.{len(blocks)}.0.\1"))
-        else:
-            rules.append((pattern, repl))
+    n = len({m.group(1) for k in state
+             if (m := re.match(r"^decoder_scale_1\.(\d+)\.model\.3\.", k))})
+    blocks = "|".join(str(i) for i in range(n))
+    rules = ((rf"^decoder_scale_1\.({blocks})\.model\.([03])\.(weight|bias)$",
+              r"stage8.\1.body.\2.\3"),
+             (rf"^decoder_scale_1\.{n}\.model\.0\.(weight|bias)$", rf"stage8.{n}.0.\1"),
+             *_DECODER_RULES)
     return _rename(state, rules, path, DECODER)
 
 
