@@ -21,6 +21,7 @@ import torch
 from evtransfer.data.ddd17 import Ddd17Config, Ddd17Segmentation
 from evtransfer.data.dsec_semantic import DsecSemantic, DsecSemanticConfig
 from evtransfer.events import Events
+from evtransfer.io.images import write_label_png
 from evtransfer.represent import voxel_grid
 from tests.refs import import_ref, ref_attr, stub_module
 
@@ -151,3 +152,32 @@ def test_ddd17_matches_ess_ddd17_events(tmp_path, monkeypatch, split):
         assert torch.equal(sample["label"], want_y)
         assert sample["representation"].shape == want_x.shape == (15, 200, 352)
         _close(sample["representation"], want_x, f"voxel grid of {Path(path).name}")
+
+
+def test_ddd17_labels_at_their_stored_size_are_ess_validation_labels(tmp_path, monkeypatch):
+    """ESS scores DDD17 (`require_paired_data_val: True`) against the masks as stored
+    (200 × 346, its validation batch's 4th entry) with predictions nearest-resized to them;
+    `label_size=(200, 346)` gives those masks."""
+    _ddd17_fixture(tmp_path)
+    imgs = tmp_path / "dir1" / "imgs"
+    imgs.mkdir()
+    for m in (1, 2, 3, 4):  # the paired grayscale frames ESS's validation also reads
+        write_label_png(imgs / f"img_{m:08d}.png", np.full((260, 346), 9 * m, np.uint8))
+    monkeypatch.setattr(np, "int", int, raising=False)
+    stubs = _stubs()  # the frame's Grayscale + ToTensor, as torchvision does for 8-bit gray
+    transforms = stubs["torchvision.transforms"]
+    transforms.Grayscale = transforms.ToTensor = lambda: None
+    transforms.Compose = lambda steps: (
+        lambda img: torch.from_numpy(np.asarray(img, np.float32)[None] / 255))
+    loader = import_ref(REPO, "datasets.ddd17_events_loader", stubs=stubs)
+    ref = ref_attr(loader, "DDD17Events")(str(tmp_path), split="valid", nr_events_data=3,
+                                          nr_bins_per_data=5, nr_events_per_data=500,
+                                          require_paired_data=True)
+    ours = Ddd17Segmentation(tmp_path, "valid", Ddd17Config(num_windows=3, events_per_window=500,
+                                                             label_size=(200, 346)))
+    by_image = {ours[i]["image_index"]: i for i in range(len(ours))}
+    for i, path in enumerate(ref.files):
+        _, _, label_352, label_stored = ref[i]
+        got = ours[by_image[int(Path(path).stem.split("_")[-1]) - 1]]["label"]
+        assert label_stored.shape == (200, 346) and torch.equal(got, label_stored)
+        assert label_352.shape == (200, 352)
