@@ -1,0 +1,140 @@
+"""The label firewall, proven by poisoning: every target label a method must not see (target
+train AND test) is replaced with random values, the method is trained twice (clean and
+poisoned) with the same seed, and its trained weights must be bit-identical. The rows meant to
+read target labels (oracle, ess_supervised, spike_supervised, ECDDP's fine-tuning) must change,
+which shows the comparison can fail. Budgets are two or three steps on the tiny world."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from evtransfer.bench import TransferBenchConfig, train_method
+from evtransfer.data.depth_transfer import (
+    DepthTransferConfig,
+    load_depth_transfer_data,
+    target_train_depth,
+)
+from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED
+from evtransfer.data.transfer import TransferDataConfig, load_transfer_data
+from evtransfer.engine.dense import FitConfig, TensorDict
+from evtransfer.engine.transfer import StageConfig
+from evtransfer.methods import DEPTH_METHODS
+from evtransfer.methods.bicross import BicrossConfig
+from evtransfer.methods.ecddp import EcddpConfig, FinetuneConfig
+from evtransfer.methods.evdistill import DistillLosses
+from tests.methods.test_ecddp import tiny_pretrain
+
+FIT = FitConfig(steps=2, batch=2, ckpt_every=0, warmup_steps=1)
+
+
+def _random_labels(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_classes, labels.shape, generator=gen).to(labels.dtype)
+
+
+@pytest.fixture(scope="module")
+def worlds(tiny_world, tmp_path_factory):
+    """(clean, poisoned) TransferData: the poisoned target train and test labels are random."""
+    cache = tmp_path_factory.mktemp("firewall_cache")
+    clean = load_transfer_data(tiny_world, TransferDataConfig(), cache_dir=cache, progress=False)
+    train = clean.target_label.read(TARGET_SUPERVISED)
+    test = clean.test_label.read(EVALUATION)
+    poisoned = replace(
+        clean,
+        target_label=clean.target_label.replace(_random_labels(train, clean.num_classes, 1)),
+        test_label=clean.test_label.replace(_random_labels(test, clean.num_classes, 2)))
+    assert not torch.equal(poisoned.target_label.read(TARGET_SUPERVISED), train)
+    return clean, poisoned
+
+
+def _bench_config() -> TransferBenchConfig:
+    cfg = TransferBenchConfig(stages=StageConfig(source=FIT, synthetic=FIT, recon=FIT,
+                                                 recon_base_channels=8))
+    cfg.cmess.cml = FIT
+    cfg.baselines.oracle = FIT
+    cfg.ess = replace(cfg.ess, init=FIT, uda=replace(cfg.ess.uda, steps=2, batch=2))
+    cfg.evdistill = replace(cfg.evdistill, joint=FIT, losses=DistillLosses(bmr=True),
+                            translator_channels=4)
+    cfg.ecddp = EcddpConfig(pretrain=tiny_pretrain(max_steps=1), finetune=FinetuneConfig(
+        uper_channels=8, aux_channels=4, segmentation=FIT, label_fraction=1.0,
+        tta_scales=(1.0,)))
+    return cfg
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _trained(name: str, data, root, cfg: TransferBenchConfig) -> dict[str, torch.Tensor]:
+    return _weights(train_method(name, data, cfg, 0, root, "cpu", False).network)
+
+
+# shared stages (M_S, M_T', recon) are trained once per root and reused by the later rows
+BLIND = ["source_only", "recon_source", "cmess", "ess", "evdistill"]
+SUPERVISED = ["oracle", "ess_supervised"]
+
+
+@pytest.mark.slow
+def test_segmentation_methods_never_see_target_labels(worlds, tmp_path):
+    clean, poisoned = worlds
+    cfg = _bench_config()
+    for name in BLIND + SUPERVISED:
+        a = _trained(name, clean, tmp_path / "clean", cfg)
+        b = _trained(name, poisoned, tmp_path / "poisoned", cfg)
+        if name in SUPERVISED:
+            assert not _identical(a, b), f"{name} must train on the target labels"
+        else:
+            assert _identical(a, b), f"{name}: trained weights depend on target labels"
+
+
+@pytest.mark.slow
+def test_ecddp_pretraining_never_sees_labels(worlds, tmp_path):
+    from safetensors.torch import load_file
+
+    clean, poisoned = worlds
+    cfg = _bench_config()
+    tuned = {}
+    encoders = {}
+    for tag, data in (("clean", clean), ("poisoned", poisoned)):
+        tuned[tag] = _trained("ecddp", data, tmp_path / tag, cfg)
+        (path,) = (tmp_path / tag).rglob("encoder.safetensors")
+        encoders[tag] = load_file(path)
+    assert _identical(encoders["clean"], encoders["poisoned"])
+    # fine-tuning reads the target train labels by protocol: poisoned, it must differ
+    assert not _identical(tuned["clean"], tuned["poisoned"])
+
+
+@pytest.mark.slow
+def test_bicross_never_sees_target_depth(tiny_world, tmp_path):
+    data_cfg = DepthTransferConfig(frames=8)
+    clean = load_depth_transfer_data(tiny_world, data_cfg, cache_dir=tmp_path / "cache",
+                                     progress=False)
+    labeled = target_train_depth(tiny_world, data_cfg, cache_dir=tmp_path / "cache")
+    gen = torch.Generator().manual_seed(3)
+    test = clean.test_labeled.read(EVALUATION)
+    poisoned = replace(clean, test_labeled=clean.test_labeled.replace(TensorDict(
+        spikes=test.tensors["spikes"],
+        depth=torch.rand(test.tensors["depth"].shape, generator=gen) * 80)))
+    bad = TensorDict(spikes=labeled.tensors["spikes"],
+                     depth=torch.rand(labeled.tensors["depth"].shape, generator=gen) * 80)
+    fit = FitConfig(steps=2, batch=4, ckpt_every=0)
+    cfg = BicrossConfig(rgb=fit, cfkd=fit, scts=fit, supervised=fit, warmup_steps=1)
+    for name in ("pre_src", "bicross", "spike_supervised"):
+        _, train = DEPTH_METHODS[name]
+        extra = ({"labeled": labeled}, {"labeled": bad}) if name == "spike_supervised" else ({}, {})
+        weights = []
+        for data, tag, kw in ((clean, "clean", extra[0]), (poisoned, "poisoned", extra[1])):
+            torch.manual_seed(0)
+            result = train(data, cfg, tmp_path / tag, seed=0, progress=False, **kw)
+            weights.append(_weights(result.network))
+        if name == "spike_supervised":
+            assert not _identical(*weights), "spike_supervised must train on target depth"
+        else:
+            assert _identical(*weights), f"{name}: trained weights depend on target depth"
