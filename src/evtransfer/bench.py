@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from evtransfer.data.depth_transfer import (
     DepthProtocol,
     DepthTransferConfig,
+    DepthTransferData,
     RealDepthConfig,
     load_depth_transfer_data,
     load_real_depth_data,
@@ -307,12 +308,16 @@ def run_depth_method(name: str, world: Path | None, cfg: TransferBenchConfig, se
     result = train_fn(data, method_config(cfg, name), work / f"seed_{seed}", seed=seed,
                       device=device, progress=progress, **extra)
     scores = score_depth(result.predict, data.test_labeled.read(EVALUATION), data.protocol)
-    h, w = data.test[0]["spikes"].shape[-2], data.width
-    inputs = InputSpec(modality="spikes", kind="spike_stack", frames=data.frames,
-                       sensor=(w, h), size=(h, w), resize="nearest")
-    package = save_method_package(work.parent, name, seed, result, inputs,
+    package = save_method_package(work.parent, name, seed, result, depth_input_spec(data),
                                   depth_range=(data.protocol.min_depth, data.protocol.max_depth))
     return Run(name, seed, scores, result.params, result.train_minutes, result, package)
+
+
+def depth_input_spec(data: DepthTransferData) -> InputSpec:
+    """How a spike recording becomes the clips the depth benchmark trained on (packages)."""
+    h, w = data.test[0]["spikes"].shape[-2], data.width
+    return InputSpec(modality="spikes", kind="spike_stack", frames=data.frames, sensor=(w, h),
+                     size=(h, w), resize="nearest")
 
 
 def summarize_depth(runs: list[Run]) -> dict:

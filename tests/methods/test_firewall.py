@@ -2,7 +2,11 @@
 train AND test) is replaced with random values, the method is trained twice (clean and
 poisoned) with the same seed, and its trained weights must be bit-identical. The rows meant to
 read target labels (oracle, ess_supervised, spike_supervised, ECDDP's fine-tuning) must change,
-which shows the comparison can fail. Budgets are two or three steps on the tiny world."""
+which shows the comparison can fail. Budgets are two steps on the tiny world.
+
+The clean runs are reused to check each method's model package: `load_model(package)` must
+predict exactly what the method's own result predicts (a package holding another stage's
+weights fails)."""
 
 from __future__ import annotations
 
@@ -11,16 +15,24 @@ from dataclasses import replace
 import pytest
 import torch
 
-from evtransfer.bench import TransferBenchConfig, train_method
+from evtransfer.bench import (
+    TransferBenchConfig,
+    depth_input_spec,
+    input_spec,
+    save_method_package,
+    train_method,
+)
 from evtransfer.data.depth_transfer import (
     DepthTransferConfig,
     load_depth_transfer_data,
     target_train_depth,
+    unpack_spikes,
 )
 from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data
 from evtransfer.engine.dense import FitConfig, TensorDict
 from evtransfer.engine.transfer import StageConfig
+from evtransfer.inference import load_model
 from evtransfer.methods import DEPTH_METHODS
 from evtransfer.methods.bicross import BicrossConfig
 from evtransfer.methods.ecddp import EcddpConfig, FinetuneConfig
@@ -72,8 +84,13 @@ def _identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+RESULTS: dict = {}  # (name, root) -> MethodResult, so the package test reuses the runs
+
+
 def _trained(name: str, data, root, cfg: TransferBenchConfig) -> dict[str, torch.Tensor]:
-    return _weights(train_method(name, data, cfg, 0, root, "cpu", False).network)
+    if (name, root) not in RESULTS:
+        RESULTS[name, root] = train_method(name, data, cfg, 0, root, "cpu", False)
+    return _weights(RESULTS[name, root].network)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +110,21 @@ def test_segmentation_methods_never_see_target_labels(name, worlds, roots):
         assert not _identical(a, b), f"{name} must train on the target labels"
     else:
         assert _identical(a, b), f"{name}: trained weights depend on target labels"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["source_only", "cmess", "oracle", "evdistill"])
+def test_the_package_predicts_what_the_method_predicts(name, worlds, roots, tmp_path):
+    data, cfg = worlds[0], _bench_config()
+    _trained(name, data, roots[0], cfg)
+    result = RESULTS[name, roots[0]]
+    path = save_method_package(tmp_path, name, 0, result, input_spec(cfg, data),
+                               label_space=cfg.data.label_space)
+    x = data.test_x[:3]
+    expected = result.predict(x)
+    got = load_model(path)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
 
 
 @pytest.mark.slow
@@ -135,7 +167,21 @@ def test_bicross_never_sees_target_depth(tiny_world, tmp_path):
             torch.manual_seed(0)
             result = train(data, cfg, tmp_path / tag, seed=0, progress=False, **kw)
             weights.append(_weights(result.network))
+        _check_depth_package(result, clean, tmp_path / f"{name}.safetensors")
         if name == "spike_supervised":
             assert not _identical(*weights), "spike_supervised must train on target depth"
         else:
             assert _identical(*weights), f"{name}: trained weights depend on target depth"
+
+
+def _check_depth_package(result, data, path) -> None:
+    """`load_model` of the result's package predicts the result's depth on test clips."""
+    from evtransfer.engine.package import method_spec, save_package
+
+    spec = method_spec(result.spec, method="test", inputs=depth_input_spec(data),
+                       depth_range=(data.protocol.min_depth, data.protocol.max_depth))
+    model = load_model(save_package(path, result.network, spec))
+    packed = data.test.tensors["spikes"][:2]
+    x = unpack_spikes(packed, data.width)
+    got = model.forward(model.fit_input(x, raw=False), tuple(x.shape[-2:]))
+    torch.testing.assert_close(got, result.predict(packed), rtol=1e-5, atol=1e-6)
