@@ -29,7 +29,11 @@ from evtransfer.data.depth_transfer import (
     unpack_spikes,
 )
 from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED
-from evtransfer.data.transfer import TransferDataConfig, load_transfer_data
+from evtransfer.data.transfer import (
+    TransferDataConfig,
+    load_real_transfer_data,
+    load_transfer_data,
+)
 from evtransfer.engine.dense import FitConfig, TensorDict
 from evtransfer.engine.transfer import StageConfig
 from evtransfer.inference import load_model
@@ -110,6 +114,26 @@ def test_segmentation_methods_never_see_target_labels(name, worlds, roots):
         assert not _identical(a, b), f"{name} must train on the target labels"
     else:
         assert _identical(a, b), f"{name}: trained weights depend on target labels"
+
+
+@pytest.mark.slow
+def test_real_data_fixtures_keep_the_labels_out_too(tmp_path):
+    """Cityscapes -> DSEC-Semantic fixtures in the official layouts (labels: uint8 memory
+    maps): CMESS is blind to the poisoned target labels, the oracle is not."""
+    from tests.data.test_transfer_real import dsec_real_roots, dsec_scenario
+
+    real, data_cfg = dsec_scenario(*dsec_real_roots(tmp_path))
+    clean = load_real_transfer_data(real, data_cfg, tmp_path / "cache", progress=False)
+    poisoned = replace(clean, **{
+        key: getattr(clean, key).replace(_random_labels(
+            getattr(clean, key).read(reader), clean.num_classes, seed))
+        for key, reader, seed in (("target_label", TARGET_SUPERVISED, 4),
+                                  ("test_label", EVALUATION, 5))})
+    cfg = replace(_bench_config(), data=data_cfg)
+    for name, blind in (("cmess", True), ("oracle", False)):
+        a, b = (_weights(train_method(name, data, cfg, 0, tmp_path / tag, "cpu", False).network)
+                for data, tag in ((clean, "clean"), (poisoned, "poisoned")))
+        assert _identical(a, b) is blind, name
 
 
 @pytest.mark.slow
