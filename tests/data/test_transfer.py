@@ -1,3 +1,6 @@
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -41,3 +44,7 @@ def test_the_label_firewall_refuses_every_read_but_the_named_readers(tiny_world,
         data.target_label.read(EVALUATION)
     with pytest.raises(LabelAccessError, match="evaluation"):
         data.test_label.read(TARGET_SUPERVISED)
+    copied = pickle.loads(pickle.dumps(copy.deepcopy(data)))  # copies stay withheld
+    with pytest.raises(LabelAccessError, match="target test labels"):
+        copied.test_label[0]
+    assert torch.equal(copied.test_label.read(EVALUATION), data.test_label.read(EVALUATION))

@@ -46,12 +46,17 @@ class Withheld:
         """The same firewall around other labels (e.g. the poisoned copies of the tests)."""
         return Withheld(value, self.what, self.readers)
 
+    def __reduce__(self):
+        return Withheld, (self._value, self.what, self.readers)  # copies stay withheld
+
     def _refuse(self, how: str):
         raise LabelAccessError(f"{self.what} are withheld from training ({how}); only "
                                f"{', '.join(self.readers)} may read them, through "
                                f".read(<reader>)")
 
     def __getattr__(self, name: str):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)  # protocol probes (copy, numpy) find nothing
         self._refuse(f"attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
