@@ -54,6 +54,7 @@ from torch.utils.data import Dataset
 from evtransfer.data.caltech import CaltechConfig, load_caltech_recognition
 from evtransfer.data.crops import CropConfig, RecognitionData, load_recognition_data
 from evtransfer.data.event_aps import EventApsConfig, load_event_aps_transfer
+from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.transfer import TransferData, TransferDataConfig
 from evtransfer.engine.dense import (
     FitConfig,
@@ -489,15 +490,16 @@ def run_real_segmentation(cfg: RealSegmentationRun, out: str | Path, *,
     mIoU (and the ESS form alongside); writes `out/results.json`, returns its content."""
     out = Path(out)
     data = load_event_aps_transfer(cfg.data)
+    test_label = data.test_label.read(EVALUATION)
     runs = []
     for seed in cfg.seeds:
         result = train_evdistill(data, cfg.method, out / "work" / f"seed_{seed}", seed=seed,
                                  device=device, progress=progress)
         pred = result.predict(data.test_x).argmax(1)
         runs.append({"seed": seed, "minutes": result.minutes,
-                     cfg.miou: evaluate_segmentation(pred, data.test_label, data.num_classes,
+                     cfg.miou: evaluate_segmentation(pred, test_label, data.num_classes,
                                                      cfg.miou),
-                     "ess": evaluate_segmentation(pred, data.test_label, data.num_classes)})
+                     "ess": evaluate_segmentation(pred, test_label, data.num_classes)})
     summary = {"task": "segmentation", "miou_mode": cfg.miou, "runs": runs,
                "miou_mean": statistics.fmean(r[cfg.miou]["miou"] for r in runs)}
     _write(out, summary)
