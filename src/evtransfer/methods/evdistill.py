@@ -334,6 +334,16 @@ def inference_student(student: nn.Module, name: str, in_chans: int,
     return plain.to(next(student.parameters()).device).eval()
 
 
+def create_student(cfg: EvdistillConfig, in_chans: int, num_classes: int, image_chans: int,
+                   seed: int = 0) -> nn.Module:
+    """The student DeepLabV3+ (with BMR: EvDistill's image decoder, sigmoid output since the
+    frames it reconstructs are in [0, 1]; code: modeling/deeplab.py DeepLab_Dual has no output
+    activation, DeepLab_Dual_V2 a tanh)."""
+    return create_model(cfg.student, in_chans=in_chans, num_classes=num_classes,
+                        recon_channels=image_chans if cfg.losses.bmr else None,
+                        recon_activation="sigmoid", seed=seed)
+
+
 def segmentation_pairs(data: TransferData | EventApsTrain, as_gray: bool) -> Pairs:
     """P of a world (the simulator's windows, frames and labels) or of EvDistill-layout data
     (the event images and their APS frames, unlabeled)."""
@@ -354,9 +364,7 @@ def train_evdistill(data: TransferData | EventApsTrain, cfg: EvdistillConfig,
     _frozen(teacher)
     image = source_input(data.source_rgb, stages.source_gray)
     channels, k = data.target_x.shape[1], data.num_classes
-    student = create_model(cfg.student, in_chans=channels, num_classes=k,
-                           recon_channels=image.shape[1] if cfg.losses.bmr else None,
-                           recon_activation="sigmoid", seed=seed).to(device)
+    student = create_student(cfg, channels, k, image.shape[1], seed).to(device)
     if cfg.init_from_teacher:
         init_student(student, teacher, cfg.student, channels, k)
     modules = {"student": student}
