@@ -218,3 +218,24 @@ def test_reference_evaluation_equals_ours(ref_teacher, ref_dual, tmp_path, monke
         pred = segment(net, x).argmax(1)
         ours = evaluate_segmentation(pred, label, 6, "nanmean")["miou"]
         assert ours == pytest.approx(100 * expected, abs=1e-6)
+
+
+def test_reference_dataset_equals_ours(tmp_path, monkeypatch):
+    """EventAPS_Dataset vs EventApsPairs on odd-width pairs: the same halves (left events,
+    right APS), bicubic to 256 × 512, [0, 1] without ImageNet normalisation, nearest labels."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "mvsec"
+    for sub in ("images", "labels"):
+        (root / sub / "test").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (37, 121, 3), dtype=np.uint8)).save(
+        root / "images" / "test" / "a.png")
+    write_label_png(root / "labels" / "test" / "a.png",
+                    rng.integers(0, 6, (37, 60), dtype=np.uint8))
+    dataset = import_ref(REPO, "event_aps_dataset_v2", stubs=_ref_eval_stubs())
+    monkeypatch.chdir(tmp_path)
+    cfg = SimpleNamespace(data_path_test="./mvsec/")
+    event, aps, label, name = ref_attr(dataset, "EventAPS_Dataset")(cfg, mode="test")[0]
+    ours = EventApsPairs(root, "test")[0]
+    assert name == ours["name"] == "a"
+    assert torch.equal(ours["events"], event) and torch.equal(ours["aps"], aps)
+    assert torch.equal(ours["label"], torch.from_numpy(label[0]))
