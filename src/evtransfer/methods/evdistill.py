@@ -209,11 +209,12 @@ def evdistill_losses(teacher: Net, student: Net, translator: nn.Module | None, b
     s_p, s_e, *rest = _chunks(student(torch.cat(inputs)), [len(x) for x in inputs])
     with torch.no_grad():
         t_p = teacher(batch["s_image"])
-    terms = {"kd": kd_loss(s_p.logits, t_p.logits, tau),
-             "affinity": affinity_loss(s_p.graph, t_p.graph, node),
-             "dm": moment_loss(s_p.feature, s_e.feature)}
+    terms = {}  # the world's order (task first): its sums stay bit-identical
     if "s_label" in batch:
         terms["task"] = task_loss(s_p.logits, batch["s_label"], dice_weight)
+    terms.update(kd=kd_loss(s_p.logits, t_p.logits, tau),
+                 affinity=affinity_loss(s_p.graph, t_p.graph, node),
+                 dm=moment_loss(s_p.feature, s_e.feature))
     if cfg.bmr:
         (s_a,), image, event = rest, batch["image"], batch["event"]
         with torch.no_grad():
