@@ -129,10 +129,11 @@ def test_student_matches_the_reference_deeplab_dual(ref_dual):
 # --- released checkpoints ---------------------------------------------------------------
 def test_released_layout_loads_strictly_and_predicts_as_the_reference(ref_teacher, tmp_path):
     """test_evdistill.py: `DeepLab(...).load_state_dict(torch.load(path))`: a bare state dict
-    (also accepted under DataParallel's `module.` prefix)."""
+    (also accepted inside a `state_dict` entry, under DataParallel's `module.` prefix)."""
     plain, wrapped = tmp_path / "ddd17_aps_ckpt.pth", tmp_path / "module.pth"
     torch.save(ref_teacher.state_dict(), plain)
-    torch.save({f"module.{k}": v for k, v in ref_teacher.state_dict().items()}, wrapped)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref_teacher.state_dict().items()},
+                "epoch": torch.tensor(3)}, wrapped)
     with torch.no_grad():
         ref, _ = ref_teacher(X)
         for path in (plain, wrapped):
