@@ -184,6 +184,7 @@ def _ref_eval_stubs() -> dict:
 
 
 @pytest.mark.slow  # R101 at the code's 256 × 512, four networks passes per side
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
 def test_reference_evaluation_equals_ours(ref_teacher, ref_dual, tmp_path, monkeypatch):
     """MscEval (evaluate.py) with its EventAPS_Dataset on a test split in the released layout,
     the two networks as test_evdistill.py runs them, against our loader, our released-weights
