@@ -25,10 +25,13 @@ GOLDEN_TINY_CONTENT = "1a402110491b1c95c4b5046e597665f91e254f3c862d7eb2db210b363
 
 
 def content_digest(root: Path, sub: str = "") -> str:
-    """sha256 of every file under root/sub, decoded (PNG pixels, .npy arrays, the events of
-    DSEC .h5 files, other files' bytes), so encoder versions do not change it."""
+    """sha256 of every file the builder wrote under root/sub, decoded (PNG pixels, .npy arrays,
+    the events of DSEC .h5 files, other files' bytes), so encoder versions do not change it.
+    The data caches that tests sharing the world write into `cache/` are not the world's."""
     h = hashlib.sha256()
-    for p in sorted(q for q in (root / sub).rglob("*") if q.is_file()):
+    files = (q for q in (root / sub).rglob("*")
+             if q.is_file() and q.relative_to(root).parts[0] != "cache")
+    for p in sorted(files):
         h.update(str(p.relative_to(root)).encode())
         if p.suffix == ".png":
             h.update(np.asarray(Image.open(p)).tobytes())
