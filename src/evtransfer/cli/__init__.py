@@ -15,6 +15,7 @@ import zipfile
 
 from evtransfer import __version__
 from evtransfer.cli import inference, io, simulate, train, world
+from evtransfer.cli._args import check_device, check_out
 
 # Exceptions that mean "bad input or environment", not "bug": ValueError covers the
 # library's own (ConfigError, FormatError, CheckpointError, SimulationError, EventsError),
@@ -29,12 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dense perception for event and spike cameras by transfer from labeled RGB.",
     )
     parser.add_argument("--version", action="version", version=f"evtransfer {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (train.add_demo, simulate.add, io.add, world.add, train.add, inference.add):
         add(sub)
+    for p in _all_parsers(parser):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error instead of one line")
     return parser
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and its subcommands' parsers, recursively (so `--debug` goes anywhere)."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _all_parsers(child)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,17 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    debug = getattr(args, "debug", False)
+    name = " ".join(str(v) for v in (args.command, getattr(args, "sensor", None),
+                                      getattr(args, "verb", None), getattr(args, "kind", None))
+                    if v is not None)
     try:
+        check_out(args)
+        if getattr(args, "device", "cpu") != "cpu":  # cpu needs no check (nor torch import)
+            check_device(args.device)
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        if args.debug:
+        if debug:
             raise
-        print(f"evtransfer {args.command}: interrupted", file=sys.stderr)
+        print(f"evtransfer {name}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
-        if args.debug:
+        if debug:
             raise
-        print(f"evtransfer {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"evtransfer {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_checkpoint_args
+from evtransfer.cli._args import add_checkpoint_args, add_out
 
 
 def add(sub) -> None:
@@ -18,7 +18,7 @@ def _add_predict(sub) -> None:
     add_checkpoint_args(p)
     p.add_argument("input", help="a recording (DSEC .h5, .aedat4, .raw, .dat, MVSEC .hdf5, "
                    "spike .dat, DDD17 folder) or a folder of them")
-    p.add_argument("-o", "--out", required=True, help="output folder")
+    add_out(p, "folder", "output folder")
     p.add_argument("--every", default=None,
                    help="prediction stride: 50ms, 20000us, 100000ev or 32fr (default: the "
                         "model's own window)")
@@ -76,8 +76,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split-id", type=int, default=1, help="mvsec-depth indoor_flying split")
     p.add_argument("--test-sequences", type=int, default=0,
                    help="world: held-out sequences (default 0 = half, as bench transfer)")
-    p.add_argument("-o", "--out", default=None,
-                   help="results JSON (default: evaluation-<dataset>.json)")
+    add_out(p, "file", "results JSON (default: evaluation-<dataset>.json)", required=False)
     p.set_defaults(run=_run_evaluate)
 
 
@@ -104,7 +103,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a trained model to TorchScript or ONNX")
     add_checkpoint_args(p)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
-    p.add_argument("-o", "--out", required=True, help="output file (.pt or .onnx)")
+    add_out(p, "file", "output file (.pt or .onnx)")
     p.add_argument("--batch", type=int, default=1,
                    help="batch size N (ONNX: fixed to it; TorchScript: any)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")

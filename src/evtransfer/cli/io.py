@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_recording_args, open_reader, output_file
+from evtransfer.cli._args import add_out, add_recording_args, open_reader
 
 
 def add(sub) -> None:
@@ -14,7 +14,7 @@ def add(sub) -> None:
 
     p = sub.add_parser("render", help="draw a recording: event image, or TFP for spikes")
     add_recording_args(p)
-    p.add_argument("-o", "--out", required=True, help="output image (.png)")
+    add_out(p, "file", "output image (.png)")
     p.add_argument("--t0", type=int, default=None, help="window start, µs (default: first t)")
     p.add_argument("--t1", type=int, default=None,
                    help="window end, µs (events default: t0 + 50 ms; spikes: last frame)")
@@ -47,7 +47,7 @@ def run_render(args) -> int:
     """Draw an event histogram or a spike TFP image into `--out`."""
     from PIL import Image
 
-    out = output_file(args.out)
+    out = args.out
     reader = open_reader(args)
     info = reader.info()
     t0 = info.t_start_us if args.t0 is None else args.t0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_device, output_file
+from evtransfer.cli._args import add_device, add_out
 
 
 def add(sub) -> None:
@@ -18,7 +18,7 @@ def add(sub) -> None:
                     help="readouts of a still image without --motion (default 1000)")
     for q, suffix in ((ev, ".h5"), (sp, ".dat")):
         q.add_argument("input", help="frame folder with timestamps, video file, or one image")
-        q.add_argument("-o", "--out", required=True, help=f"output file ({suffix})")
+        add_out(q, "file", f"output file ({suffix})")
         q.add_argument("--motion", default="none", choices=("none", "random"),
                        help="random camera motion turns one image into a pseudo-video")
         q.add_argument("--frames", type=int, default=100, help="pseudo-video frames (default 100)")
@@ -37,7 +37,7 @@ def run_simulate(args) -> int:
     from evtransfer.simulate import open_frames
     from evtransfer.simulate.sources import IMAGE_SUFFIXES
 
-    out = output_file(args.out)
+    out = Path(args.out)
     still = Path(args.input).suffix.lower() in IMAGE_SUFFIXES and args.motion == "none"
     if still and args.sensor == "events":
         raise ValueError(f"{args.input}: a still image makes no events; add --motion random")

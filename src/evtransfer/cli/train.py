@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_device, add_world_args, world_root
-
-
-class _MethodNames:
-    """The transfer methods' names for argparse `choices`, imported only when looked at (the
-    methods import torch; `info --help` should not)."""
-
-    def _names(self) -> list[str]:
-        from evtransfer.methods import METHODS
-
-        return sorted(METHODS)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def __iter__(self):
-        return iter(self._names())
+from evtransfer.cli._args import add_device, add_out, add_world_args, world_root
 
 
 def add(sub) -> None:
@@ -33,7 +17,7 @@ def add(sub) -> None:
 def add_demo(sub) -> None:
     """Register `demo`."""
     p = sub.add_parser("demo", help="run the end-to-end demo and write a report to --out")
-    p.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
+    add_out(p, "folder", "output folder (default: ./demo_out)", default="demo_out")
     p.add_argument("--quick", action="store_true", help="a shorter run (about 2 minutes)")
     p.add_argument("--world", default=None, help="world folder (default: OUT/world)")
     p.add_argument("--preset", default="small", choices=("tiny", "small", "full"),
@@ -55,7 +39,7 @@ def _run_demo(args) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one transfer method on a world or a real scenario "
                        "(the config's real: section) (resumable)")
-    p.add_argument("method", choices=_MethodNames(), metavar="METHOD",
+    p.add_argument("method", metavar="METHOD",
                    help="a transfer method, e.g. cmess (a wrong name lists them all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, metavar="PATH",
@@ -131,6 +115,11 @@ def _run_bench_transfer(args) -> int:
 def _run_train_init(args) -> int:
     """`train`, inside an `encoder_init` scope when --init is given (a separate --out per
     init: cached stages do not know which init trained them)."""
+    from evtransfer.methods import METHODS
+
+    if args.method not in METHODS:
+        names = ", ".join(sorted(METHODS))
+        raise ValueError(f"unknown method {args.method!r}; choose from {names}")
     if args.init is None:
         return _run_train(args)
     import json
@@ -161,7 +150,7 @@ def _add_evdistill(sub) -> None:
                    help="RealSegmentationRun (segment) or RecognitionRun (recognize) YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set method.losses.bmr=false")
-    p.add_argument("--out", required=True, help="output folder (results.json, work/)")
+    add_out(p, "folder", "output folder (results.json, work/)")
     add_device(p)
     p.set_defaults(run=_run_evdistill)
 
@@ -259,8 +248,8 @@ def _run_finetune(args) -> int:
         cfg = load_config(RealFinetuneConfig, args.real, args.set)
         print(json.dumps(run_real_finetune(cfg, args.out, device=args.device), default=str))
         return 0
+    cfg = _ecddp_config(args)
     world = world_root(args.world or "small", args.out, args.device)
-    summary = run_ecddp_study(world, _ecddp_config(args), args.out, list(range(args.seeds)),
-                              device=args.device)
+    summary = run_ecddp_study(world, cfg, args.out, list(range(args.seeds)), device=args.device)
     print(markdown(summary["table"]))
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_device, world_config
+from evtransfer.cli._args import add_device, add_out, world_config
 
 
 def add(sub) -> None:
@@ -14,12 +14,12 @@ def add(sub) -> None:
     b.add_argument("--world", default=None, help="a world YAML (overrides --preset)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a world config field, e.g. --set seed=3")
-    b.add_argument("--out", required=True, help="output folder")
+    add_out(b, "folder", "output folder")
     add_device(b)
     b.set_defaults(run=run_world_build)
     s = verbs.add_parser("show", help="montage RGB | label | depth | flow | events | spikes")
     s.add_argument("root", help="a built world folder")
-    s.add_argument("-o", "--out", required=True, help="output PNG")
+    add_out(s, "file", "output PNG")
     s.add_argument("--samples", type=int, default=4, help="target samples to show (default 4)")
     s.add_argument("--domain", default="target", help="target or a built variant")
     s.set_defaults(run=run_world_show)

@@ -18,6 +18,7 @@ MSB-first).
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,7 +184,7 @@ def _load_array(path: Path, key: str | None) -> np.ndarray:
                 names = list(archive.files)
                 name = key or ("spk" if "spk" in names else (names[0] if len(names) == 1 else ""))
                 array = archive[name] if name in names else None
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise FormatError(path, f"unreadable .npz: {exc}") from None
         if array is None:
             raise FormatError(path, f"pick the spike array with key=; arrays: {names}")
@@ -264,8 +265,13 @@ def read_spike_npy(path: str | Path, *, key: str | None = None, flipud: bool = F
 def read_npz_label(path: str | Path) -> tuple[int, str | None]:
     """(label, label_name or None) stored beside the spikes in a UHSR-style `.npz`."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as archive:
-        if "label" not in archive.files:
-            raise FormatError(path, f"no 'label' array; arrays: {list(archive.files)}")
-        name = str(archive["label_name"]) if "label_name" in archive.files else None
-        return int(archive["label"]), name
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in ("label", "label_name") if k in archive.files}
+            names = list(archive.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FormatError(path, f"unreadable .npz: {exc}") from None
+    if "label" not in arrays:
+        raise FormatError(path, f"no 'label' array; arrays: {names}")
+    name = str(arrays["label_name"]) if "label_name" in arrays else None
+    return int(arrays["label"]), name
