@@ -15,7 +15,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) -q -e '.[dev,fast,video]'
+	$(PIP) -q -e '.[dev,video]'
 	touch $@
 
 install: $(VENV)/.installed

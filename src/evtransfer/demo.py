@@ -19,6 +19,7 @@ import torch
 from evtransfer.bench import TransferBenchConfig, run_transfer
 from evtransfer.data.transfer import load_transfer_data
 from evtransfer.engine.dense import FitConfig
+from evtransfer.engine.package import CLASS_NAMES
 from evtransfer.engine.transfer import StageConfig
 from evtransfer.viz import DSEC11_PALETTE, colorize_events, colorize_labels, save_panel
 from evtransfer.world.build import build_world
@@ -83,4 +84,4 @@ def _figure(world: Path, cfg: TransferBenchConfig, runs: dict, path: Path) -> No
                    colorize_labels(preds["source_only"][row], DSEC11_PALETTE),
                    colorize_labels(preds[best][row], DSEC11_PALETTE)]
         titles += ["scene (not seen)", "events", "ground truth", "source-only", best]
-    save_panel(images, titles, path, ncols=5)
+    save_panel(images, titles, path, ncols=5, legend=(CLASS_NAMES["dsec11"], DSEC11_PALETTE))

@@ -28,7 +28,7 @@ OUT_FILE = [  # commands writing one file: -o is a folder / under a regular file
     ("world-show", "world show {d}/adir -o {out}"),
     ("evaluate", "evaluate --checkpoint {d}/good.safetensors --dataset world --root {d}/adir "
                  "-o {out}"),
-    ("export", "export --checkpoint {d}/good.safetensors --format torchscript -o {out}"),
+    ("export", "export --checkpoint {d}/good.safetensors --to torchscript -o {out}"),
 ]
 OUT_DIR = [  # commands writing a folder: --out is a regular file / under a regular file
     ("demo", "demo --out {out} --world {d}/adir"),
@@ -52,7 +52,7 @@ CONFIG = [  # {cfg}: a missing or a corrupt YAML
 CHECKPOINT = [  # {ckpt}: a missing or a corrupt model file
     ("predict", "predict --checkpoint {ckpt} {d}/good.h5 -o {d}/p"),
     ("evaluate", "evaluate --checkpoint {ckpt} --dataset world --root {d}/adir -o {d}/e.json"),
-    ("export", "export --checkpoint {ckpt} --format onnx -o {d}/m.onnx"),
+    ("export", "export --checkpoint {ckpt} --to onnx -o {d}/m.onnx"),
     ("train-init", "train source_only --init {ckpt} --world {d}/adir --out {d}/t"),
 ]
 RECORDING = [  # {rec}: a missing or a corrupt recording / input

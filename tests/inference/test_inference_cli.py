@@ -37,7 +37,7 @@ def test_predict_and_export_commands(tmp_path, capsys):
     summary = json.loads((tmp_path / "p" / "windows.json").read_text())
     assert summary["predicted"] == 8  # events end at 99 975 µs: windows end at 20, ..., 90 ms
     assert "8 of 8 windows predicted" in capsys.readouterr().out
-    rc = main(["export", "--checkpoint", str(package), "--format", "torchscript", "-o",
+    rc = main(["export", "--checkpoint", str(package), "--to", "torchscript", "-o",
                str(tmp_path / "m.pt")])
     assert rc == 0 and (tmp_path / "m.pt").is_file()
     assert "input  [1, 5, 48, 64] float32 (N dynamic)" in capsys.readouterr().out

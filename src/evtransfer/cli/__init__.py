@@ -19,8 +19,9 @@ from evtransfer.cli._args import check_device, check_out
 
 # Exceptions that mean "bad input or environment", not "bug": ValueError covers the
 # library's own (ConfigError, FormatError, CheckpointError, SimulationError, EventsError),
-# OSError covers missing, unreadable, unwritable and directory-instead-of-file paths.
-USER_ERRORS = (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError)
+# OSError covers missing, unreadable, unwritable and directory-instead-of-file paths;
+# ModuleNotFoundError an optional package a file format needs (the message says which).
+USER_ERRORS = (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError, ModuleNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,14 @@ def check_out(args: argparse.Namespace) -> None:
         (output_dir if args.out_kind == "folder" else output_file)(out)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     """`--device` (a torch device string)."""
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -92,6 +100,9 @@ def world_root(spec: str, out, device: str) -> Path:
     if spec.endswith((".yaml", ".yml")):
         cfg = world_config("small", spec, [])
         return build_world(cfg, Path(out) / "world", device=device)
+    if path.exists() or len(path.parts) > 1:
+        raise FileNotFoundError(f"{path}: no such world folder (--world takes a preset "
+                                f"tiny/small/full, a world YAML or a built world folder)")
     return build_world(world_config(spec, None, []), Path(out) / f"world-{spec}",
                        device=device)
 

@@ -38,6 +38,11 @@ def run_simulate(args) -> int:
     from evtransfer.simulate.sources import IMAGE_SUFFIXES
 
     out = Path(args.out)
+    suffix = ".h5" if args.sensor == "events" else ".dat"
+    if out.suffix.lower() != suffix:
+        kind = "DSEC-layout events" if args.sensor == "events" else "spike-camera bitstream"
+        raise ValueError(f"{out}: simulate {args.sensor} writes a {kind} file; name it "
+                         f"*{suffix} (got {out.suffix or 'no suffix'!r})")
     still = Path(args.input).suffix.lower() in IMAGE_SUFFIXES and args.motion == "none"
     if still and args.sensor == "events":
         raise ValueError(f"{args.input}: a still image makes no events; add --motion random")
@@ -93,7 +98,7 @@ def _simulate_spikes(args, source, frames, out) -> int:
         raise ValueError(f"{args.input}: spikes need at least two frames")
     spikes = Spikes(np.concatenate([s.data for s in parts[1:]]), config.rate_hz,
                     width=source.width, packed=True, t0_us=parts[1].t0_us)
-    write_spike_dat(out, spikes)
+    write_spike_dat(out, spikes, sidecar=True)
     print(f"wrote {len(spikes)} spike frames ({source.width}x{source.height}) to {out}")
     return 0
 
@@ -106,6 +111,6 @@ def _simulate_still_spikes(args, out) -> int:
     image = load_gray(args.input)
     config = SpikeConfig(rate_hz=args.rate_hz, seed=args.seed)
     spikes = spikes_from_image(image, args.ticks, config, device=args.device)
-    write_spike_dat(out, spikes)
+    write_spike_dat(out, spikes, sidecar=True)
     print(f"wrote {len(spikes)} spike frames ({spikes.width}x{spikes.height}) to {out}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_device, add_out, world_config
+from evtransfer.cli._args import add_device, add_out, positive_int, world_config
 
 
 def add(sub) -> None:
@@ -20,7 +20,8 @@ def add(sub) -> None:
     s = verbs.add_parser("show", help="montage RGB | label | depth | flow | events | spikes")
     s.add_argument("root", help="a built world folder")
     add_out(s, "file", "output PNG")
-    s.add_argument("--samples", type=int, default=4, help="target samples to show (default 4)")
+    s.add_argument("--samples", type=positive_int, default=4,
+                   help="target samples to show (default 4)")
     s.add_argument("--domain", default="target", help="target or a built variant")
     s.set_defaults(run=run_world_show)
 
@@ -40,6 +41,7 @@ def run_world_show(args) -> int:
     import numpy as np
 
     from evtransfer.data.world import WorldTarget, WorldTargetConfig
+    from evtransfer.engine.package import CLASS_NAMES
     from evtransfer.represent import histogram, tfp
     from evtransfer.viz import (
         DSEC11_PALETTE,
@@ -69,7 +71,8 @@ def run_world_show(args) -> int:
         images += row
         titles += [f"{s['sequence']} #{s['index']}", "label", "depth", "flow", "events",
                    "spikes (TFP)"]
-    path = save_panel(images, titles, args.out, ncols=6)
+    legend = (CLASS_NAMES["dsec11"], DSEC11_PALETTE)
+    path = save_panel(images, titles, args.out, ncols=6, legend=legend)
     print(f"wrote {path}")
     return 0
 

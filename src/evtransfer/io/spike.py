@@ -6,7 +6,9 @@
 (`flipud`) after reshaping to (H, W). Options cover the known variants: `bitorder="big"`
 for MSB-first files, `flipud=False`, and `remove_head=True` to strip the 16 extra columns on
 the right of raw sps10 frames (W = 416 -> 400). recVidarReal2019 and Spike-Zoo data are
-250×400 at 20 kHz, the defaults here.
+250×400 at 20 kHz, the defaults here. The format has no header, so `write_spike_dat(...,
+sidecar=True)` also writes `NAME.dat.json` (width, height, rate, first time, bit order, flip),
+which the reader takes its defaults from: a file we write reads back at its own size.
 
 Streaming: frames are fixed-size records, so a frame range is one seek and one read; the
 result is bit-packed `Spikes` (T, H, ceil(W/8)) LSB-first, 8× smaller than unpacked.
@@ -18,6 +20,7 @@ MSB-first).
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,8 @@ from evtransfer.io.base import FormatError
 
 DAT_DEFAULT_SIZE = (250, 400)  # (height, width): recVidarReal2019, Spike-Zoo
 DEFAULT_RATE_HZ = 20000.0
+DAT_DEFAULTS = {"height": DAT_DEFAULT_SIZE[0], "width": DAT_DEFAULT_SIZE[1], "bitorder": "little",
+                "flipud": True, "rate_hz": DEFAULT_RATE_HZ, "t0_us": 0}
 HEAD_COLUMNS = 16
 _WRITE_BLOCK = 256  # frames per write, to bound memory
 _REVERSE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
@@ -70,13 +75,18 @@ class SpikeDatReader:
 
     format_name = "spike-dat"
 
-    def __init__(self, path: str | Path, height: int = DAT_DEFAULT_SIZE[0],
-                 width: int = DAT_DEFAULT_SIZE[1], *, bitorder: str = "little",
-                 flipud: bool = True, remove_head: bool = False,
-                 rate_hz: float = DEFAULT_RATE_HZ, t0_us: int = 0):
+    def __init__(self, path: str | Path, height: int | None = None, width: int | None = None,
+                 *, bitorder: str | None = None, flipud: bool | None = None,
+                 remove_head: bool = False, rate_hz: float | None = None,
+                 t0_us: int | None = None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
+        given = {"height": height, "width": width, "bitorder": bitorder, "flipud": flipud,
+                 "rate_hz": rate_hz, "t0_us": t0_us}
+        found = {**DAT_DEFAULTS, **read_sidecar(path)}
+        height, width, bitorder, flipud, rate_hz, t0_us = (
+            found[k] if v is None else v for k, v in given.items())
         _check_bitorder(bitorder)
         if height <= 0 or width <= 0:
             raise FormatError(path, f"frame size must be positive, got {height}x{width}")
@@ -138,6 +148,26 @@ class SpikeDatReader:
         return self.read_frames(int(k0), int(k1))
 
 
+def sidecar_path(path: str | Path) -> Path:
+    """`NAME.dat.json` beside `NAME.dat`."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The facts `write_spike_dat(sidecar=True)` stored beside a `.dat` ({} if none)."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        facts = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(side, f"not a readable spike sidecar: {exc}") from None
+    if not isinstance(facts, dict) or set(facts) - set(DAT_DEFAULTS):
+        raise FormatError(side, f"expected a mapping with keys among {sorted(DAT_DEFAULTS)}")
+    return facts
+
+
 def read_spike_dat(path: str | Path, height: int, width: int, *, bitorder: str = "little",
                    flipud: bool = True, remove_head: bool = False,
                    rate_hz: float = DEFAULT_RATE_HZ,
@@ -152,11 +182,12 @@ def read_spike_dat(path: str | Path, height: int, width: int, *, bitorder: str =
 
 
 def write_spike_dat(path: str | Path, spikes: Spikes, *, bitorder: str = "little",
-                    flipud: bool = True) -> Path:
+                    flipud: bool = True, sidecar: bool = False) -> Path:
     """Write `spikes` (packed or not) as a `.dat` bitstream: the layout `read_spike_dat` reads.
 
     Each frame is flipped upside down (`flipud`), flattened row-major and packed 8 pixels a
-    byte LSB-first (`bitorder="little"`), padded with zero bits to a whole byte.
+    byte LSB-first (`bitorder="little"`), padded with zero bits to a whole byte. `sidecar`
+    also writes `NAME.dat.json` with the size, rate, first time and layout.
     """
     _check_bitorder(bitorder)
     if not isinstance(spikes, Spikes):
@@ -173,6 +204,10 @@ def write_spike_dat(path: str | Path, spikes: Spikes, *, bitorder: str = "little
                 bits = block.unpack()[:, ::-1] if flipud else block.unpack()
                 raw = np.packbits(bits.reshape(len(block), -1), axis=1, bitorder=bitorder)
             f.write(np.ascontiguousarray(raw).tobytes())
+    if sidecar:
+        facts = {"height": spikes.height, "width": spikes.width, "bitorder": bitorder,
+                 "flipud": flipud, "rate_hz": spikes.rate_hz, "t0_us": spikes.t0_us}
+        sidecar_path(path).write_text(json.dumps(facts) + "\n", encoding="utf-8")
     return path
 
 
