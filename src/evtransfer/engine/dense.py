@@ -102,7 +102,7 @@ class FitConfig:
     def __post_init__(self):
         counts = {"steps": (self.steps, 0), "batch": (self.batch, 1),
                   "warmup_steps": (self.warmup_steps, 0), "log_every": (self.log_every, 1),
-                  "ckpt_every": (self.ckpt_every, 1)}
+                  "ckpt_every": (self.ckpt_every, 0)}
         for name, (value, least) in counts.items():
             if value < least:
                 raise ValueError(f"{name} must be >= {least}, got {value}")
