@@ -42,6 +42,8 @@ def _add_predict(sub) -> None:
 
 
 def _run_predict(args) -> int:
+    import sys
+
     from evtransfer.inference import load_model
     from evtransfer.inference.stream import PredictOptions, parse_every, predict_path
 
@@ -52,7 +54,7 @@ def _run_predict(args) -> int:
                           batch=args.batch, resize=args.resize, partial=args.partial,
                           t0_us=args.t0, t1_us=args.t1, limit=args.limit or 0,
                           gif_frames=args.gif_frames, overlays=args.overlays,
-                          reader_options=reader)
+                          reader_options=reader, progress=sys.stderr.isatty())
     summaries = predict_path(model, args.input, args.out, opts)
     failed = [s for s in summaries if "error" in s]
     for s in summaries:
