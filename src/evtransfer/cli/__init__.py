@@ -16,6 +16,7 @@ import zipfile
 from evtransfer import __version__
 from evtransfer.cli import inference, io, simulate, train, world
 from evtransfer.cli._args import check_device, check_out
+from evtransfer.cli._record import print_config
 
 # Exceptions that mean "bad input or environment", not "bug": ValueError covers the
 # library's own (ConfigError, FormatError, CheckpointError, SimulationError, EventsError),
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     for p in _all_parsers(parser):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error instead of one line")
+        if p is not parser and not _has_subcommands(p):
+            p.add_argument("--print-config", action="store_true",
+                           help="print the resolved config (or options) and exit")
     return parser
 
 
@@ -48,6 +52,10 @@ def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParse
             for child in dict.fromkeys(action.choices.values()):
                 found += _all_parsers(child)
     return found
+
+
+def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                                       getattr(args, "verb", None), getattr(args, "kind", None))
                     if v is not None)
     try:
+        if getattr(args, "print_config", False):
+            print_config(args)
+            return 0
         check_out(args)
         if getattr(args, "device", "cpu") != "cpu":  # cpu needs no check (nor torch import)
             check_device(args.device)

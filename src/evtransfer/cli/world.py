@@ -16,7 +16,7 @@ def add(sub) -> None:
                    help="override a world config field, e.g. --set seed=3")
     add_out(b, "folder", "output folder")
     add_device(b)
-    b.set_defaults(run=run_world_build)
+    b.set_defaults(run=run_world_build, config_of=_build_config)
     s = verbs.add_parser("show", help="montage RGB | label | depth | flow | events | spikes")
     s.add_argument("root", help="a built world folder")
     add_out(s, "file", "output PNG")
@@ -26,11 +26,15 @@ def add(sub) -> None:
     s.set_defaults(run=run_world_show)
 
 
+def _build_config(args):
+    return world_config(args.preset, args.world, args.set)
+
+
 def run_world_build(args) -> int:
     """Build (or finish building) a world into `args.out`."""
     from evtransfer.world.build import build_world
 
-    cfg = world_config(args.preset, args.world, args.set)
+    cfg = _build_config(args)
     out = build_world(cfg, args.out, device=args.device)
     print(f"world ready in {out}")
     return 0
