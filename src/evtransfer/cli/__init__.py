@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         check_out(args)
         if getattr(args, "device", "cpu") != "cpu":  # cpu needs no check (nor torch import)
             check_device(args.device)
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        _print_stage_table()
+        return code
     except KeyboardInterrupt:
         if debug:
             raise
@@ -87,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"evtransfer {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _print_stage_table() -> None:
+    """The table of the training stages this command ran (none: nothing printed)."""
+    logging = sys.modules.get("evtransfer.engine.logging")  # loaded only if something trained
+    table = logging.stage_table() if logging is not None else ""
+    if table:
+        print(f"\ntraining stages run by this command:\n{table}")
+    if logging is not None:
+        logging.STAGES.clear()
 
 
 def _one_line(exc: BaseException) -> str:
