@@ -23,6 +23,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # (id, argv with {d} for the fixture folder, the path the error must name)
 OUT_FILE = [  # commands writing one file: -o is a folder / under a regular file
     ("render", "render {d}/good.h5 -o {out}"),
+    ("convert", "convert {d}/good.h5 -o {out}"),
     ("simulate-events", "simulate events {d}/good.png --motion random --frames 3 -o {out}"),
     ("simulate-spikes", "simulate spikes {d}/good.png --ticks 10 -o {out}"),
     ("world-show", "world show {d}/adir -o {out}"),
@@ -58,6 +59,7 @@ CHECKPOINT = [  # {ckpt}: a missing or a corrupt model file
 RECORDING = [  # {rec}: a missing or a corrupt recording / input
     ("info", "info {rec}"),
     ("render", "render {rec} -o {d}/r.png"),
+    ("convert", "convert {rec} -o {d}/c.raw"),
     ("predict", "predict --checkpoint {d}/good.safetensors {rec} -o {d}/p"),
     ("pretrain", "pretrain ecddp --recording {rec} --out {d}/t"),
 ]

@@ -107,3 +107,17 @@ def test_render_stretches_a_dim_tfp(tmp_path):
     assert run_cli("render", path, "--half-window", "3", "-o", out).returncode == 0
     image = np.asarray(Image.open(out))
     assert image.shape == (4, 8) and image[1, 2] == 255 and image.sum() == 255
+
+
+def test_convert_the_aedat4_sample_to_evt2_and_back_to_h5(tmp_path):
+    sample = SAMPLES / "tonic" / "sample.aedat4"
+    if not sample.is_file():
+        pytest.skip("the AEDAT4 sample is absent")
+    raw, h5 = tmp_path / "s.raw", tmp_path / "s.h5"
+    err = one_line_error(run_cli("convert", sample, "-o", raw))  # a Unix-time clock
+    assert "2^34" in err and not raw.exists()
+    assert run_cli("convert", sample, "-o", raw, "--relative").returncode == 0
+    proc = run_cli("convert", raw, "-o", h5)
+    assert proc.returncode == 0 and "111954 events (evt2 -> dsec-h5)" in proc.stdout
+    info = json.loads(run_cli("info", h5, "--json").stdout)
+    assert (info["events"], info["width"], info["t_start_us"]) == (111_954, 320, 0)

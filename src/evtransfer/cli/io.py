@@ -1,4 +1,4 @@
-"""`evtransfer info` and `evtransfer render`: look at a recording."""
+"""`evtransfer info`, `render` and `convert`: look at a recording, change its format."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from evtransfer.cli._args import add_out, add_recording_args, open_reader, posit
 
 
 def add(sub) -> None:
-    """Register `info` and `render`."""
+    """Register `info`, `render` and `convert`."""
     p = sub.add_parser("info", help="format, sensor size, event count, time span, ON/OFF "
                        "counts, x/y ranges and the rate over time of a recording")
     add_recording_args(p)
@@ -34,6 +34,7 @@ def add(sub) -> None:
     p.add_argument("--scale", type=positive_int, default=1,
                    help="enlarge K times, nearest neighbour (default 1: the sensor's size)")
     p.set_defaults(run=run_render)
+    add_convert(sub)
 
 
 def run_info(args) -> int:
@@ -135,3 +136,30 @@ def _render_spikes(reader, info, t0: int, t1: int | None, args):
     if not args.no_stretch:
         texture = stretch_contrast(texture)
     return np.rint(texture * 255).astype(np.uint8)
+
+
+def add_convert(sub) -> None:
+    """Register `convert`."""
+    p = sub.add_parser("convert", help="convert a recording: events to DSEC .h5 or EVT 2.0 "
+                       ".raw, spikes to .dat (streamed)")
+    add_recording_args(p)
+    add_out(p, "file", "output file: .h5 (DSEC events), .raw (EVT 2.0) or .dat (spikes)")
+    p.add_argument("--to", default=None, choices=("dsec-h5", "evt2", "spike-dat"),
+                   help="output format (default: from the output suffix)")
+    p.add_argument("--window-ms", type=positive_int, default=100,
+                   help="events read and written per step, ms (default 100)")
+    p.add_argument("--relative", action="store_true",
+                   help="shift times to start at 0 (EVT 2.0 holds t < 2^34 µs)")
+    p.set_defaults(run=run_convert)
+
+
+def run_convert(args) -> int:
+    """Convert `args.path` into `args.out`."""
+    from evtransfer.cli._args import reader_options
+    from evtransfer.io.convert import convert
+
+    result = convert(args.path, args.out, to=args.to, window_us=args.window_ms * 1000,
+                     relative=args.relative, reader_options=reader_options(args))
+    what = f"{result['frames']} frames" if "frames" in result else f"{result['events']} events"
+    print(f"wrote {what} ({result['format']} -> {result['to']}) to {args.out}")
+    return 0

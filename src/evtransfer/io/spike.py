@@ -181,34 +181,69 @@ def read_spike_dat(path: str | Path, height: int, width: int, *, bitorder: str =
     return reader.read_frames(*_frame_range(reader.path, frames, len(reader)))
 
 
-def write_spike_dat(path: str | Path, spikes: Spikes, *, bitorder: str = "little",
-                    flipud: bool = True, sidecar: bool = False) -> Path:
-    """Write `spikes` (packed or not) as a `.dat` bitstream: the layout `read_spike_dat` reads.
+class SpikeDatWriter:
+    """Append `Spikes` to a `.dat` bitstream (the layout `read_spike_dat` reads), block after
+    block; `close` writes the `NAME.dat.json` sidecar when `sidecar` (size, rate, first time,
+    layout).
 
     Each frame is flipped upside down (`flipud`), flattened row-major and packed 8 pixels a
-    byte LSB-first (`bitorder="little"`), padded with zero bits to a whole byte. `sidecar`
-    also writes `NAME.dat.json` with the size, rate, first time and layout.
+    byte LSB-first (`bitorder="little"`), padded with zero bits to a whole byte.
     """
-    _check_bitorder(bitorder)
-    if not isinstance(spikes, Spikes):
-        raise TypeError(f"spikes must be a Spikes stream, got {type(spikes).__name__}")
-    path = Path(path)
-    with open(path, "wb") as f:
+
+    def __init__(self, path: str | Path, *, bitorder: str = "little", flipud: bool = True,
+                 sidecar: bool = False):
+        _check_bitorder(bitorder)
+        self.path, self.bitorder, self.flipud, self.sidecar = Path(path), bitorder, flipud, sidecar
+        self._facts: dict | None = None
+        self._file = open(self.path, "wb")  # closed by close() / abort()
+
+    def write(self, spikes: Spikes) -> None:
+        """Append every frame of `spikes` (packed or not; the first call fixes the size)."""
+        if not isinstance(spikes, Spikes):
+            raise TypeError(f"spikes must be a Spikes stream, got {type(spikes).__name__}")
+        facts = {"height": spikes.height, "width": spikes.width, "rate_hz": spikes.rate_hz}
+        if self._facts is None:
+            self._facts = {**facts, "bitorder": self.bitorder, "flipud": self.flipud,
+                           "t0_us": spikes.t0_us}
+        elif any(self._facts[k] != v for k, v in facts.items()):
+            raise ValueError(f"{self.path}: frames of {facts} after {self._facts}")
         for k0 in range(0, len(spikes), _WRITE_BLOCK):
             block = spikes.frames(k0, min(k0 + _WRITE_BLOCK, len(spikes)))
             if block.packed and block.width % 8 == 0:
-                raw = block.data[:, ::-1] if flipud else block.data
+                raw = block.data[:, ::-1] if self.flipud else block.data
                 raw = raw.reshape(len(block), -1)
-                raw = _REVERSE[raw] if bitorder == "big" else raw
+                raw = _REVERSE[raw] if self.bitorder == "big" else raw
             else:
-                bits = block.unpack()[:, ::-1] if flipud else block.unpack()
-                raw = np.packbits(bits.reshape(len(block), -1), axis=1, bitorder=bitorder)
-            f.write(np.ascontiguousarray(raw).tobytes())
-    if sidecar:
-        facts = {"height": spikes.height, "width": spikes.width, "bitorder": bitorder,
-                 "flipud": flipud, "rate_hz": spikes.rate_hz, "t0_us": spikes.t0_us}
-        sidecar_path(path).write_text(json.dumps(facts) + "\n", encoding="utf-8")
-    return path
+                bits = block.unpack()[:, ::-1] if self.flipud else block.unpack()
+                raw = np.packbits(bits.reshape(len(block), -1), axis=1, bitorder=self.bitorder)
+            self._file.write(np.ascontiguousarray(raw).tobytes())
+
+    def close(self) -> Path:
+        """Finish the file (and its sidecar); returns its path."""
+        self._file.close()
+        if self.sidecar and self._facts is not None:
+            sidecar_path(self.path).write_text(json.dumps(self._facts) + "\n", encoding="utf-8")
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete a partly written file."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def write_spike_dat(path: str | Path, spikes: Spikes, *, bitorder: str = "little",
+                    flipud: bool = True, sidecar: bool = False) -> Path:
+    """Write `spikes` as a `.dat` bitstream in one call (`SpikeDatWriter`'s layout and
+    sidecar)."""
+    if not isinstance(spikes, Spikes):
+        raise TypeError(f"spikes must be a Spikes stream, got {type(spikes).__name__}")
+    writer = SpikeDatWriter(path, bitorder=bitorder, flipud=flipud, sidecar=sidecar)
+    try:
+        writer.write(spikes)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
 # --- arrays ----------------------------------------------------------------------------
