@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_device, add_out, add_world_args, world_root
+from evtransfer.cli._args import add_device, add_out, add_world_args, positive_int, world_root
 from evtransfer.cli._record import add_budget_args, budget, record_run
 
 
@@ -47,7 +47,7 @@ def _add_train(sub) -> None:
                        "(the config's real: section) (resumable)")
     p.add_argument("method", metavar="METHOD",
                    help="a transfer method, e.g. cmess (a wrong name lists them all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the one seed to run (default 0)")
     p.add_argument("--init", default=None, metavar="PATH",
                    help="encoder checkpoint (e.g. from `evtransfer pretrain ecddp`) that every "
                         "network with a matching encoder starts from")
@@ -65,7 +65,8 @@ def _add_bench(sub) -> None:
     t.add_argument("--methods", default=None,
                    help="comma-separated method names (default: source_only,recon_source,cmess,"
                         "oracle; with --task depth: pre_src,bicross,spike_supervised)")
-    t.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    t.add_argument("--seeds", type=positive_int, default=3, metavar="N",
+                   help="run seeds 0..N-1 (default 3; `train --seed S` runs seed S alone)")
     add_world_args(t)
     add_budget_args(t)
     t.set_defaults(run=_run_bench_transfer, config_of=_bench_config)
@@ -206,7 +207,7 @@ def _add_pretrain(sub) -> None:
     _add_ecddp_args(p)
     p.add_argument("--recording", action="append", default=[], metavar="PATH",
                    help="also pre-train on a real recording (DSEC h5, AEDAT4, EVT .raw, ...)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the one seed to run (default 0)")
     p.set_defaults(run=_run_pretrain, config_of=_ecddp_config)
 
 
@@ -250,7 +251,8 @@ def _add_finetune(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune encoder initialisations on the world's "
                        "segmentation, flow and depth with few labels: results.json/.md")
     _add_ecddp_args(p)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--seeds", type=positive_int, default=3, metavar="N",
+                   help="run seeds 0..N-1 (default 3; `train --seed S` runs seed S alone)")
     p.add_argument("--real", default=None, metavar="YAML",
                    help="a RealFinetuneConfig (DSEC, DDD17 or MVSEC; --set applies to it): "
                         "one fine-tuning on a real benchmark instead of the world study")
