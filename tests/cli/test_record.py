@@ -16,7 +16,7 @@ def test_train_records_its_run_and_refuses_another_config(tiny_world, tmp_path, 
     out = tmp_path / "run"
     args = ["train", "source_only", "--world", str(tiny_world), "--out", str(out), "--steps", "2"]
     assert main(args) == 0
-    assert "| stage | steps |" in capsys.readouterr().out  # the table of the stages trained
+    assert "| stage | steps |" in capsys.readouterr().err  # the table of the stages trained
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["stages"]["source"]["steps"] == 2 and cfg["baselines"]["oracle"]["steps"] == 2
     meta = json.loads((out / "meta.json").read_text())

@@ -96,7 +96,8 @@ def _print_stage_table() -> None:
     logging = sys.modules.get("evtransfer.engine.logging")  # loaded only if something trained
     table = logging.stage_table() if logging is not None else ""
     if table:
-        print(f"\ntraining stages run by this command:\n{table}")
+        # on stderr with the progress lines: stdout stays the command's results (its JSON)
+        print(f"training stages run by this command:\n{table}", file=sys.stderr)
     if logging is not None:
         logging.STAGES.clear()
 
