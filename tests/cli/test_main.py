@@ -1,5 +1,7 @@
 """The top of the command line: help, version, the error boundary."""
 
+import sys
+
 import pytest
 
 from evtransfer import __version__
@@ -66,3 +68,32 @@ def test_an_unknown_method_lists_the_known_ones(tmp_path, capsys):
     assert main(["train", "cmes", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'cmes'" in err and "cmess" in err and "source_only" in err
+
+
+def test_ctrl_c_in_a_subprocess_exits_130_and_leaves_no_partial_file(tmp_path):
+    """Issue 21, problem 6: Ctrl-C was a traceback. SIGINT during a long simulation: one line,
+    exit 130, and the partly written output is removed."""
+    import signal
+    import subprocess
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.cli._run import SRC
+
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48), np.uint8)).save(image)
+    out = tmp_path / "long.h5"
+    env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "evtransfer.cli", "simulate", "events",
+                             str(image), "--motion", "random", "--frames", "20000", "-o",
+                             str(out)], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the writer's temporary file shows the simulation is running
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (130, "evtransfer simulate events: interrupted\n"), err
+    assert [p.name for p in tmp_path.iterdir()] == ["img.png"]
