@@ -63,7 +63,7 @@ RECORDING = [  # {rec}: a missing or a corrupt recording / input
     ("predict", "predict --checkpoint {d}/good.safetensors {rec} -o {d}/p"),
     ("pretrain", "pretrain ecddp --recording {rec} --out {d}/t"),
 ]
-BAD_RECORDINGS = ["bad.h5", "bad.aedat4", "bad.raw", "bad.npy", "bad.npz"]
+BAD_RECORDINGS = ["bad.h5", "bad.aedat4", "bad.raw", "bad.npy", "bad.npz", "damaged.h5"]
 
 
 def _cases():
@@ -104,6 +104,7 @@ def folder(tmp_path_factory) -> Path:
         (d / name).write_bytes(junk)
     (d / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00" + junk)  # a damaged header
     (d / "bad.npz").write_bytes(b"PK\x03\x04" + junk)  # a damaged zip
+    (d / "damaged.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + junk)  # HDF5 magic, damaged header
     (d / "bad.yaml").write_text("stages: [1, 2\n")
     (d / "afile").write_text("a regular file\n")
     (d / "adir").mkdir()
