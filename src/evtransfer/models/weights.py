@@ -465,9 +465,14 @@ def encoder_init(path: str | Path) -> Iterator[EncoderInit]:
 
 def apply_encoder_init(name: str, model: nn.Module) -> None:
     """Load the active `encoder_init` checkpoint into `model` if it has an encoder (called by
-    `create_model`); models without any matching tensor are reported and left untouched."""
+    `create_model`). The first model of a scope must load at least one tensor (an
+    incompatible checkpoint fails before anything trains); later models without any matching
+    tensor (a method's other networks) are reported and left untouched."""
     scope = _ENCODER_INIT.get()
     if scope is None or not hasattr(model, "feature_channels"):
         return
     report = load_encoder_init(model, scope.path)
+    if not report.loaded and not any(r.loaded for _, r in scope.reports):
+        raise ValueError(f"{scope.path}: matches no tensor of {name}'s encoder (a checkpoint "
+                         f"of another architecture?); nothing was trained")
     scope.reports.append((name, report))
