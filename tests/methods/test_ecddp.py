@@ -45,6 +45,7 @@ TINY_BACKBONE = BackboneConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1
 def tiny_pretrain(**kw) -> PretrainConfig:
     base = dict(backbone=TINY_BACKBONE, heads=HeadConfig(prototypes=32, hidden=16, bottleneck=8),
                 views=ViewConfig(view=64, global_size=64, local_size=32, local_number=2),
+                masks=MaskConfig(count_base=7),
                 epochs=2, batch=4, amp="off", log_every=1, ckpt_every=0,
                 teacher_temp_warmup_epochs=1, warmup_epochs=1)
     return PretrainConfig(**{**base, **kw})

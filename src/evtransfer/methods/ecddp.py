@@ -73,7 +73,7 @@ from evtransfer.models.flow import iterative_flow_net
 from evtransfer.models.heads import init_weights
 from evtransfer.models.mit import MixVisionTransformer, init_mit_weights, mit_config
 from evtransfer.models.ssl import dense_token_encoder, projection_head
-from evtransfer.models.swin import SwinTransformer, UPerNet
+from evtransfer.models.swin import SwinTransformer, UPerNet, swin_init
 from evtransfer.models.weights import load_encoder_init, save_encoder
 
 TOKEN_STRIDE = 16
@@ -91,17 +91,23 @@ class BackboneConfig:
     window: int = 7  # code: swin_small.yml
     mit_variant: str = "b0"  # unpublished: our choice (the MiT option)
     eps: float = 1e-6  # code: model/network/swin_pretrain.py (LayerNorm eps 1e-6)
+    # code: model/network/swin_pretrain.py:496-511 defines a truncated-normal rule in
+    # `init_weights` but never applies it (and `init_all` is False), so Swin's linear and conv
+    # layers (and the fusion's) keep PyTorch's defaults: "torch". "trunc_normal": that rule
+    # (weights N(0, 0.02) truncated, biases 0), except patch embeddings (see `build`)
+    init: str = "torch"
 
     def build(self, in_chans: int, seed: int, mask_token: bool = False) -> nn.Module:
-        """A seeded encoder with `in_chans` inputs (Swin with stage norms, or MiT). Patch
-        embeddings keep PyTorch's default conv init (non-zero bias, as the code's SWIN with
-        init_all=False): with a zero bias, an empty patch — most of a sparse event tensor —
-        reaches the patch LayerNorm as a zero vector, whose gradient is scaled by 1/√eps."""
+        """A seeded encoder with `in_chans` inputs (Swin with stage norms, or MiT). Swin follows
+        `init` (see `swin_init`). Patch embeddings keep PyTorch's default conv init under both
+        rules (non-zero bias, as the code's SWIN): with a zero bias, an empty patch — most of a
+        sparse event tensor — reaches the patch LayerNorm as a zero vector, whose gradient is
+        scaled by 1/√eps."""
         if self.arch == "swin":
             net = SwinTransformer(in_chans, 0, self.embed_dim, self.depths, self.num_heads,
                                   self.window, stage_norms=True, mask_token=mask_token,
                                   eps=self.eps)
-            return init_weights(net, seed, conv="uniform")
+            return swin_init(net, self.init, seed)
         if self.arch == "mit":
             cfg = mit_config(self.mit_variant, in_chans=in_chans, drop_path_rate=0.0)
             net = init_mit_weights(MixVisionTransformer(cfg), seed)
@@ -151,6 +157,11 @@ class MaskConfig:
 
     probability: float = 0.5  # code: mask_sample_probability
     ratio: tuple[float, float] = (0.1, 0.5)  # code: mask_ratio_min_max
+    # code: model/pretrain_model.py:290,298 draws int(N·r) tokens with N = n_tokens² = 64
+    # (BaseModel's default n_tokens=8, never passed) whatever the grid: 4–22 % of its 12 × 12
+    # grid. `count_base` is that N; 0 reads the ratios as fractions of the grid (the config's
+    # and the paper's reading, N = h·w)
+    count_base: int = 64
     min_patches: int = 4  # code: MaskingGenerator min_num_patches
     min_aspect: float = 0.3  # code: MaskingGenerator min_aspect
     max_fraction: float = 0.5  # code: MaskingGenerator max_num_patches = 0.5·N
@@ -208,12 +219,15 @@ class FinetuneConfig:
     # RandomResizedCrop to the input size; this is the equivalent area range)
     tta_scales: tuple[float, ...] = (1.0, 1.5, 2.0)  # code: eval_seg.py
     tta_flip: bool = True  # code: eval_seg.py
+    # clip_grad 0 (off) in all three: code: config/seg/swin_small.yml sets no max_grad_norm, so
+    # trainer/base_trainer.py:28 never clips; the supplement names no clipping for flow/depth
     segmentation: FitConfig = field(default_factory=lambda: FitConfig(
-        steps=2000, batch=8, lr=2.5e-4, weight_decay=0.05, warmup_steps=200))  # code (lr at B 8)
+        steps=2000, batch=8, lr=2.5e-4, weight_decay=0.05, warmup_steps=200,
+        clip_grad=0.0))  # code (lr at B 8)
     flow: FitConfig = field(default_factory=lambda: FitConfig(
-        steps=2000, batch=6, lr=2e-4, warmup_steps=100))  # paper (supp: lr 2e-4, B 6)
+        steps=2000, batch=6, lr=2e-4, warmup_steps=100, clip_grad=0.0))  # paper (supp)
     depth: FitConfig = field(default_factory=lambda: FitConfig(
-        steps=5600, batch=16, lr=2e-4, warmup_steps=100))  # paper (supp: 5.6 k it, B 16)
+        steps=5600, batch=16, lr=2e-4, warmup_steps=100, clip_grad=0.0))  # paper (supp)
     flow_dim: int = 128  # unpublished: our choice (RAFT's feature width)
     flow_hidden: int = 96  # unpublished: our choice
     flow_iters: int = 6  # unpublished: our choice
@@ -321,14 +335,19 @@ def block_mask(h: int, w: int, n_mask: int, cfg: MaskConfig, generator: torch.Ge
 
 def sample_masks(n: int, h: int, w: int, cfg: MaskConfig, generator: torch.Generator
                  ) -> Tensor:
-    """(n, h, w) bool masks: int(n·probability) samples get ratios spread over `cfg.ratio`
-    (sample i drawn in [r_i, r_{i+1}] of a linspace), the rest none; order shuffled."""
+    """(n, h, w) bool masks: int(n·probability) samples get about int(N·r) masked tokens
+    (N = `cfg.count_base`, or h·w when it is 0; sample i draws r in [r_i, r_{i+1}] of a
+    linspace over `cfg.ratio`), the rest none; order shuffled."""
+    base = cfg.count_base or h * w
+    if not 0 < base <= h * w:
+        raise ValueError(f"masks.count_base must be in [0, {h * w}] (the {h}x{w} token grid of "
+                         f"a global crop), got {cfg.count_base}")
     masked = int(n * cfg.probability)
     edges = torch.linspace(cfg.ratio[0], cfg.ratio[1], masked + 1).tolist()
     masks = []
     for i in range(masked):
         r = edges[i] + (edges[i + 1] - edges[i]) * float(torch.rand((), generator=generator))
-        masks.append(block_mask(h, w, int(h * w * r), cfg, generator))
+        masks.append(block_mask(h, w, int(base * r), cfg, generator))
     masks += [torch.zeros(h, w, dtype=torch.bool)] * (n - masked)
     return torch.stack(masks)[torch.randperm(n, generator=generator)]
 
@@ -355,6 +374,8 @@ class EcddpNet(nn.Module):
         dim = cfg.backbone.token_dim()
         encoder = cfg.backbone.build(in_chans, seed, mask_token=True)
         self.backbone = dense_token_encoder(encoder, dim, seed)
+        if cfg.backbone.arch == "swin":  # the fusion is part of the code's SWIN
+            swin_init(self.backbone.fusion, cfg.backbone.init, seed)
         h = cfg.heads
         args = (dim, h.prototypes, h.hidden, h.bottleneck, h.layers)
         self.dino_head = projection_head(*args, pool=True, seed=seed + 1)
