@@ -35,6 +35,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -396,17 +397,38 @@ def check_views(cfg: ViewConfig) -> None:
                          f"of 32, got {sizes}")
 
 
-def ecddp_losses(student: EcddpNet, teacher: EcddpNet, view: Tensor, cfg: PretrainConfig,
-                 teacher_temp: float, generator: torch.Generator) -> dict[str, Tensor]:
-    """The three losses of one batch of views x⁺ (B, C, V, V) and their weighted sum."""
-    b, v, k, n_local = view.shape[0], cfg.views, cfg.clusters, cfg.views.local_number
+class Views(NamedTuple):
+    """The crops of one batch of x⁺ (B, C, V, V), crop major: `global_crops` (2B, C, G, G),
+    `local_crops` (n_local·B, C, L, L), `grid` (2B, G/16, G/16, 2) the global crops' token
+    positions in x⁺ (grid_sample coordinates), `masks` (2B, G/16, G/16) bool."""
+
+    global_crops: Tensor
+    local_crops: Tensor
+    grid: Tensor
+    masks: Tensor
+
+
+def sample_views(view: Tensor, cfg: PretrainConfig, generator: torch.Generator) -> Views:
+    """Two global and `local_number` local random resized crops of every x⁺, the global crops'
+    token grids, and their block masks."""
+    b, v = view.shape[0], cfg.views
     g_crops, g_boxes, g_flips = resized_crops(view, 2, v.global_size, v.global_scale, v.ratio,
                                               generator)
-    l_crops, _, _ = resized_crops(view, n_local, v.local_size, v.local_scale, v.ratio,
+    l_crops, _, _ = resized_crops(view, v.local_number, v.local_size, v.local_scale, v.ratio,
                                   generator)
     ng = v.global_size // TOKEN_STRIDE
     grid = box_grid(g_boxes, g_flips, ng, view.shape[-1]).to(view.device)
     masks = sample_masks(2 * b, ng, ng, cfg.masks, generator).to(view.device)
+    return Views(g_crops, l_crops, grid, masks)
+
+
+def ecddp_losses(student: EcddpNet, teacher: EcddpNet, view: Tensor, cfg: PretrainConfig,
+                 teacher_temp: float, generator: torch.Generator,
+                 views: Views | None = None) -> dict[str, Tensor]:
+    """The three losses of one batch of views x⁺ (B, C, V, V) and their weighted sum; the
+    crops are `views`, or sampled from `generator` (which then also seeds K-means)."""
+    b, k, n_local = view.shape[0], cfg.clusters, cfg.views.local_number
+    g_crops, l_crops, grid, masks = views or sample_views(view, cfg, generator)
     flat_mask = masks.flatten()
     temp, it = teacher_temp, cfg.sinkhorn_iters
     with torch.no_grad():
