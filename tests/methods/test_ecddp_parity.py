@@ -391,3 +391,78 @@ def test_init_follows_the_codes_effective_rule(ref):
         BackboneConfig(init="xavier").build(6, 0)
     with pytest.raises(ValueError, match="count_base"):
         sample_masks(2, 4, 4, MaskConfig(), torch.Generator())
+
+
+def _data_stubs():
+    """data/seg_utils.py imports numba's `jit` (installed) and h5py/hdf5plugin (installed):
+    nothing to stub but the `data` package, whose __init__ imports the datasets."""
+    package = stub_module("data")
+    package.__path__ = [str(ref_root(REPO) / "data")]
+    return {"data": package}
+
+
+@pytest.mark.parametrize("n", [10 * 37 + 5, 10 * 50 + 3])
+def test_stacked_histogram_matches_the_reference_dsec_input(n):
+    """ECDDP's DSEC input: the last 10·N events (or all, when fewer) split into 10 windows of
+    (loaded // 10) events (data/DESC_dataset.py:288-303, this split rule is the test's glue
+    around the reference), each a (neg, pos) `generate_event_histogram` (data/seg_utils.py)."""
+    from evtransfer.events import Events
+    from evtransfer.represent import stacked_histogram
+
+    seg_utils = import_ref(REPO, "data.seg_utils", stubs=_data_stubs())
+    rng = torch.Generator().manual_seed(n)
+    x = torch.randint(0, 20, (n,), generator=rng)
+    y = torch.randint(0, 12, (n,), generator=rng)
+    p = torch.randint(0, 2, (n,), generator=rng) * 2 - 1
+    t = torch.arange(n) * 10
+    per = 40
+    got = stacked_histogram(Events(x.numpy(), y.numpy(), t.numpy(), p.numpy(), 20, 12), 10,
+                            per)[0]
+    events = torch.stack([x, y, t, p], 1).numpy()[-10 * per:]
+    size = len(events) // 10
+    hist = ref_attr(seg_utils, "generate_event_histogram")
+    want = torch.cat([torch.from_numpy(hist(events[i * size:(i + 1) * size].copy(), (12, 20)))
+                      for i in range(10)])
+    assert torch.equal(got, want)
+
+
+def _eval_stubs():
+    """eval_seg.py and trainer/seg_trainer.py import the training stack; stubbed names:
+    pytorch_lightning.LightningModule, utils (MetricLogger, update_opt), model (create_model,
+    encoderdecoder_model.EncoderDecoder), data.DESC_dataset.DatasetProvider, ttach,
+    mmseg.ops.resize; the `trainer` package is bare (its __init__ scans the trainers)."""
+    trainer = stub_module("trainer")
+    trainer.__path__ = [str(ref_root(REPO) / "trainer")]
+    encdec = stub_module("model.encoderdecoder_model", EncoderDecoder=type("EncoderDecoder",
+                                                                           (), {}))
+    mmseg_ops = stub_module("mmseg.ops", resize=None)
+    desc = stub_module("data.DESC_dataset", DatasetProvider=None)
+    return {"trainer": trainer, "pytorch_lightning": stub_module("pl", LightningModule=nn.Module),
+            "utils": stub_module("utils", MetricLogger=None, update_opt=None),
+            "model": stub_module("model", create_model=None, encoderdecoder_model=encdec),
+            "model.encoderdecoder_model": encdec, "data": stub_module("data", DESC_dataset=desc),
+            "data.DESC_dataset": desc, "ttach": stub_module("ttach"),
+            "mmseg": stub_module("mmseg", ops=mmseg_ops), "mmseg.ops": mmseg_ops}
+
+
+def test_segmentation_scores_match_the_reference_evaluation():
+    """mIoU, accuracy and mean class accuracy of ECDDP's evaluation (trainer/seg_trainer.py
+    confusion and IoU, eval_seg.py mACC: absent classes count 0, label 255 ignored) against
+    `evaluate_segmentation`, on a split where one class never occurs."""
+    from evtransfer.engine.dense import evaluate_segmentation
+
+    seg = import_ref(REPO, "trainer.seg_trainer", stubs=_eval_stubs())
+    evaluation = import_ref(REPO, "eval_seg", stubs=_eval_stubs())
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (3, 16, 20), generator=gen)  # class 10 of 11 absent
+    labels[:, :2] = 255
+    pred = torch.where(torch.rand(3, 16, 20, generator=gen) < 0.6, labels.clamp(max=10),
+                       torch.randint(0, 11, (3, 16, 20), generator=gen))
+    conf = ref_attr(seg, "semseg_compute_confusion")(pred, labels, 11, 255)
+    ours = evaluate_segmentation(pred, labels, 11)
+    assert ours["miou"] == pytest.approx(
+        float(ref_attr(seg, "semseg_accum_confusion_to_iou")(conf)[0]), abs=1e-9)
+    assert ours["acc"] == pytest.approx(
+        float(ref_attr(seg, "semseg_accum_confusion_to_acc")(conf)), abs=1e-9)
+    assert ours["macc"] == pytest.approx(
+        float(ref_attr(evaluation, "semseg_accum_confusion_to_macc")(conf)), abs=1e-9)
