@@ -207,7 +207,10 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
     assert again["steps"] == 3 and again["resumed_from_step"] == 3
     assert json.loads((run / "done.json").read_text())["encoder"].endswith("encoder.safetensors")
     assert set(summary["final_losses"]) == {"image_global", "image_local", "context", "patch"}
-    assert summary["image_level_collapsed"] in (True, False)
+    at_uniform = abs(summary["final_losses"]["image_global"] - math.log(32)) < 1e-3
+    assert summary["image_level_collapsed"] is at_uniform
+    with pytest.raises(ValueError, match="count_base 64 exceeds the 16 tokens"):
+        pretrain_ecddp(groups, tiny_pretrain(masks=MaskConfig()), tmp_path, progress=False)
 
 
 def test_a_collapsed_image_level_loss_is_reported(tmp_path):

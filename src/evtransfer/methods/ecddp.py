@@ -508,6 +508,11 @@ def pretrain_ecddp(groups: list[Group], cfg: PretrainConfig, root: str | Path, *
     Returns its summary: `encoder` (path of encoder.safetensors), `steps`, `minutes`,
     `samples_per_s`, `peak_memory_mb`, `memory_kind`, final losses."""
     check_views(cfg.views)
+    grid = (cfg.views.global_size // TOKEN_STRIDE) ** 2
+    if cfg.masks.count_base > grid:
+        raise ValueError(f"masks.count_base {cfg.masks.count_base} exceeds the {grid} tokens of "
+                         f"a {cfg.views.global_size}-px global crop (the code's 64 is for its "
+                         f"192-px crops; scale it, or 0 for the ratio reading)")
     device = torch.device(device)
     run = stage_dir(root, "ECDDP-pretrain", cfg, fingerprint(*(t for g in groups for t in g)),
                     seed)
