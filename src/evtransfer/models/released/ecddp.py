@@ -27,6 +27,23 @@ from evtransfer.models.weights import read_state_dict
 
 PREFIXES = ("student.backbone.", "teacher.backbone.")
 
+RELEASED = {
+    "paper": "Yang, Pan, Liu, Event Camera Data Dense Pre-training, ECCV 2024",
+    "published": "the README's 'pre-trained swin-t/7' (Google Drive, file id "
+                 "12OOBZa1HupsI7-E-Ct8VhdK05O98yNoi)",
+    "layout": "torch file {'model': {'student.backbone.*', 'teacher.backbone.*', heads, loss "
+              "centres}, 'optimizer': ..., 'current_epoch': int}",
+    "architecture": "ecddp_swin_t(): Swin-T/7, LayerNorm eps 1e-6, stage norms, mask token, "
+                    "768-channel stride-16 fusion",
+    "pretraining_input": "6-bin voxel grid, summed polarity, no normalisation, random 320 x 320 "
+                         "crop of 480 x 640 E-TartanAir events (code: config/pretrain, "
+                         "data/ETartanAir_dataset.py)",
+    "finetuning_input": "DSEC: 20-channel stacked (neg, pos) histograms of 10 x 50 000 events, "
+                        "bottom 40 rows removed, resized to 448 x 640; the patch embedding is "
+                        "re-initialised (code: config/seg/swin_small.yml keep_patch_keys false)",
+}
+"""What the released checkpoint is and expects (for a weights catalogue)."""
+
 
 def ecddp_swin_t(in_chans: int = 6, seed: int = 0) -> DenseTokenEncoder:
     """The released pre-training backbone: Swin-T/7 (LayerNorm eps 1e-6, stage norms, mask
