@@ -46,6 +46,7 @@ from evtransfer.methods.result import MethodResult
 from evtransfer.metrics import garg_crop_mask
 from evtransfer.models import create_model
 from evtransfer.models.dpt import DPTDepth, DPTOutputs
+from evtransfer.models.released.bicross import is_released_layout, load_bicross
 from evtransfer.models.weights import load_adapted, load_pretrained
 
 
@@ -65,7 +66,12 @@ class BicrossConfig:
     depth_scale: float = 0.1  # unpublished: our choice (paper 6.016e-5; see docs)
     depth_shift: float = 0.0125  # unpublished: our choice (raw 0 -> 80 m; paper 0.00579)
     init_depth: float = 10.0  # unpublished: our choice (head bias starts here; 0: builder's)
-    rgb_init: str = ""  # a local state dict for stage 0 in our names ("": random, the world)
+    # stage 0's start: "" (random, the world), a BiCross / DPT / timm-hybrid file in its
+    # official layout (models/released/bicross.py), or a state dict in our names
+    rgb_init: str = ""
+    # code: BiCross/Trainer_crossmodality.py:73 swaps in timm's StdConv2dSame(128, 64, 7, 2)
+    # at its default eps (1e-6 in timm >= 0.4.12); the RGB hybrid stem uses 1e-8
+    spike_stem_eps: float = 1e-6
     input_size: tuple[int, int] = (0, 0)  # paper: 384×384; (0, 0): sides rounded up to ×32
     stem: str = "new"  # code: a fresh StdConv2dSame stem; "adapted": RGB filters tiled over T
     hflip: bool = False  # code: no augmentation
@@ -226,13 +232,20 @@ def domain_loss(head: nn.Module, source: torch.Tensor, target: torch.Tensor,
 
 
 # --- networks and their inputs --------------------------------------------------------------
+def model_kwargs(cfg: BicrossConfig, in_chans: int) -> dict:
+    """`create_model` options of the depth network for `in_chans` (3: RGB, T: spikes)."""
+    kwargs = {"in_chans": in_chans, "uncertainty": True, "depth_mode": "inverse_affine",
+              "scale": cfg.depth_scale, "shift": cfg.depth_shift}
+    if cfg.model.startswith("dpt_hybrid") and in_chans != 3:
+        kwargs["stem_eps"] = cfg.spike_stem_eps
+    return kwargs
+
+
 def build_depth_model(cfg: BicrossConfig, in_chans: int, seed: int) -> DPTDepth:
     """The DPT depth network with uncertainty head and inverse-affine depth output; with
     `init_depth` > 0 the head's last bias is shifted so an untrained network predicts about
     `init_depth` metres (a from-scratch head otherwise starts at 1 / shift)."""
-    model = create_model(cfg.model, in_chans=in_chans, uncertainty=True,
-                         depth_mode="inverse_affine", scale=cfg.depth_scale,
-                         shift=cfg.depth_shift, seed=seed)
+    model = create_model(cfg.model, **model_kwargs(cfg, in_chans), seed=seed)
     if cfg.init_depth > 0:
         last = [m for m in model.head if isinstance(m, nn.Conv2d)][-1]
         with torch.no_grad():
@@ -328,6 +341,23 @@ def init_from_rgb(student: DPTDepth, rgb: DPTDepth, stem: str) -> list[str]:
     return fresh
 
 
+def load_rgb_init(model: DPTDepth, path: str) -> None:
+    """Stage 0's start: a BiCross checkpoint, DPT's / MiDaS's DPT-Hybrid or timm's ImageNet
+    `vit_base_resnet50_384` in their own layouts (strict per layout, `load_bicross`), or a
+    state dict in our names (what does not fit stays random, with a warning)."""
+    if is_released_layout(path):
+        layout, left = load_bicross(model, path)
+        if left:
+            warnings.warn(f"bicross.rgb_init ({layout} layout) leaves {len(left)} tensors as "
+                          f"built, e.g. {left[:3]}", stacklevel=2)
+        return
+    report = load_pretrained(model, path, strict=False)
+    if not report.loaded:
+        raise ValueError(f"bicross.rgb_init: nothing fits the RGB model\n{report.summary()}")
+    if not report.complete:
+        warnings.warn(f"bicross.rgb_init loaded partially:\n{report.summary()}", stacklevel=2)
+
+
 # --- stage 0: RGB pre-training --------------------------------------------------------------
 def _rgb_key(cfg: BicrossConfig) -> tuple:
     """Every setting stage 0 depends on (the later stages start from its result)."""
@@ -342,12 +372,8 @@ def train_rgb(data: DepthTransferData, cfg: BicrossConfig, root: Path, seed: int
     h, w = data.source[0]["depth"].shape
     size = network_size(h, w, cfg)
     model = build_depth_model(cfg, 3, seed)
-    if cfg.rgb_init:  # e.g. converted ImageNet / DPT weights; what does not match stays random
-        report = load_pretrained(model, cfg.rgb_init, strict=False)
-        if not report.loaded:
-            raise ValueError(f"bicross.rgb_init: nothing fits the RGB model\n{report.summary()}")
-        if not report.complete:
-            warnings.warn(f"bicross.rgb_init loaded partially:\n{report.summary()}", stacklevel=2)
+    if cfg.rgb_init:
+        load_rgb_init(model, cfg.rgb_init)
     model = model.to(device)
 
     def step(batch: dict, state: TrainState) -> dict:
@@ -407,7 +433,7 @@ def train_cfkd(rgb: DPTDepth, data: DepthTransferData, cfg: BicrossConfig, root:
 
     run = stage_dir(root, "bicross_cfkd", _rgb_key(cfg), cfg.cfkd, cfg.stem,
                     cfg.backbone_lr_scale, cfg.backbone_in_both, cfg.kd_weight, cfg.ckd_hidden,
-                    cfg.ckd_dim, cfg.fkd_filter, data.key, seed)
+                    cfg.ckd_dim, cfg.fkd_filter, cfg.spike_stem_eps, data.key, seed)
     groups = _param_groups(student, [heads], cfg.backbone_lr_scale, cfg.backbone_in_both)
     minutes = fit({"student": student, "heads": heads}, data.source, step, cfg.cfkd,
                   run_dir=run, seed=seed, device=device, progress=progress, param_groups=groups)
@@ -554,9 +580,8 @@ def _result(model: DPTDepth, data: DepthTransferData, cfg: BicrossConfig, device
     """The student as a `MethodResult`, with the spec that rebuilds it for a model package."""
     model.eval()
     height = data.test[0]["spikes"].shape[-2]
-    kwargs = {"in_chans": data.frames, "uncertainty": True, "depth_mode": "inverse_affine",
-              "scale": cfg.depth_scale, "shift": cfg.depth_shift}
-    spec = {"model": cfg.model, "kwargs": kwargs, "task": "depth", "output": "depth",
+    spec = {"model": cfg.model, "kwargs": model_kwargs(cfg, data.frames), "task": "depth",
+            "output": "depth",
             "input": {"size": network_size(height, data.width, cfg), "resize": "nearest"}}
     return MethodResult(lambda x: predict_depth(model, x, data.width, cfg, device=device),
                         model, minutes, spec)
@@ -599,7 +624,8 @@ def spike_supervised(data: DepthTransferData, cfg: BicrossConfig, root: str | Pa
     root, device = Path(root), torch.device(device)
     rgb, t_rgb = train_rgb(data, cfg, root, seed, device, progress)
     run = stage_dir(root, "bicross_supervised", _rgb_key(cfg), cfg.supervised, cfg.stem,
-                    cfg.backbone_lr_scale, cfg.backbone_in_both, data.key, seed)
+                    cfg.backbone_lr_scale, cfg.backbone_in_both, cfg.spike_stem_eps, data.key,
+                    seed)
     model, t_sup = train_on_target(rgb, labeled, data, cfg, run, seed, device, progress)
     return _result(model, data, cfg, device, {"rgb": t_rgb, "supervised": t_sup})
 
