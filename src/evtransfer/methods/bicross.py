@@ -79,7 +79,7 @@ class BicrossConfig:
     sig_lambda: float = 0.15  # code: BiCross/Loss.py SigLoss
     rgb_backbone_lr_scale: float = 0.1  # code: train_config.json (lr_backbone 1e-5 / 1e-4)
     backbone_lr_scale: float = 0.1  # code: train_config.json (lr 1e-5 backbone, 1e-4 rest)
-    # code: BiCross/utils.py:64-71 get_optimizer puts net.pretrained into BOTH Adams (the
+    # code: BiCross/utils.py:66-71 get_optimizer puts net.pretrained into BOTH Adams (the
     # scratch list takes every top-level module, `pretrained` included), so the backbone
     # moves by (lr_backbone + lr_scratch): 1.1 x lr. True does that (one Adam group at
     # (scale + 1) x lr: equal, see docs); False: the paper's / our old reading, scale x lr.
