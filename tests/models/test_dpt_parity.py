@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from evtransfer.methods.bicross import load_rgb_init
 from evtransfer.models.dpt import DPTDepth, StdConv2d, ViTHybrid, pad_same
-from evtransfer.models.released.bicross import load_bicross, read_bicross_checkpoint
+from evtransfer.models.released.bicross import load_bicross, load_dpt_init, read_bicross_checkpoint
 from tests.refs import import_ref, ref_attr, stub_module
 
 REPO = "Theia-4869+BiCross"
@@ -180,7 +179,7 @@ def test_other_layouts_and_bad_files(tmp_path):
     layout, left = load_bicross(ours, tmp_path / "dpt_hybrid.pt")
     assert layout == "dpt" and left and all(k.startswith("uncertainty_head.") for k in left)
     with pytest.warns(UserWarning, match="dpt layout"):  # BiCross's stage-0 start, recognised
-        load_rgb_init(_ours(3), str(tmp_path / "dpt_hybrid.pt"))
+        load_dpt_init(_ours(3), tmp_path / "dpt_hybrid.pt", "bicross.rgb_init")
     # timm's ImageNet weights (the reference's stage-0 start): the encoder only
     timm_state = {k[len("pretrained.model."):]: v for k, v in state.items()
                   if k.startswith("pretrained.model.")}

@@ -28,7 +28,6 @@ off the CFKD filter, SCP or SCA. Networks, stages and predictions are device-agn
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,8 +45,8 @@ from evtransfer.methods.result import MethodResult
 from evtransfer.metrics import garg_crop_mask
 from evtransfer.models import create_model
 from evtransfer.models.dpt import DPTDepth, DPTOutputs
-from evtransfer.models.released.bicross import is_released_layout, load_bicross
-from evtransfer.models.weights import load_adapted, load_pretrained
+from evtransfer.models.released.bicross import load_dpt_init
+from evtransfer.models.weights import load_adapted
 
 
 def _fit(steps: int, lr: float) -> Callable[[], FitConfig]:
@@ -341,23 +340,6 @@ def init_from_rgb(student: DPTDepth, rgb: DPTDepth, stem: str) -> list[str]:
     return fresh
 
 
-def load_rgb_init(model: DPTDepth, path: str) -> None:
-    """Stage 0's start: a BiCross checkpoint, DPT's / MiDaS's DPT-Hybrid or timm's ImageNet
-    `vit_base_resnet50_384` in their own layouts (strict per layout, `load_bicross`), or a
-    state dict in our names (what does not fit stays random, with a warning)."""
-    if is_released_layout(path):
-        layout, left = load_bicross(model, path)
-        if left:
-            warnings.warn(f"bicross.rgb_init ({layout} layout) leaves {len(left)} tensors as "
-                          f"built, e.g. {left[:3]}", stacklevel=2)
-        return
-    report = load_pretrained(model, path, strict=False)
-    if not report.loaded:
-        raise ValueError(f"bicross.rgb_init: nothing fits the RGB model\n{report.summary()}")
-    if not report.complete:
-        warnings.warn(f"bicross.rgb_init loaded partially:\n{report.summary()}", stacklevel=2)
-
-
 # --- stage 0: RGB pre-training --------------------------------------------------------------
 def _rgb_key(cfg: BicrossConfig) -> tuple:
     """Every setting stage 0 depends on (the later stages start from its result)."""
@@ -373,7 +355,7 @@ def train_rgb(data: DepthTransferData, cfg: BicrossConfig, root: Path, seed: int
     size = network_size(h, w, cfg)
     model = build_depth_model(cfg, 3, seed)
     if cfg.rgb_init:
-        load_rgb_init(model, cfg.rgb_init)
+        load_dpt_init(model, cfg.rgb_init, "bicross.rgb_init")
     model = model.to(device)
 
     def step(batch: dict, state: TrainState) -> dict:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from evtransfer.models.weights import load_pretrained
 
 StateDict = dict[str, Tensor]
 
@@ -177,3 +180,20 @@ def load_bicross(model: nn.Module, path: str | Path) -> tuple[str, list[str]]:
                          f"tensors; first: {', '.join(needed[:5])}")
     model.load_state_dict(state, strict=False)
     return layout, left
+
+
+def load_dpt_init(model: nn.Module, path: str | Path, field: str) -> None:
+    """A DPT's starting weights from `path` (the config `field` names it in messages): a file
+    in one of the three layouts above (strict per layout, `load_bicross`), or a state dict in
+    our names (what does not fit stays as built, with a warning; nothing fitting is an error)."""
+    if is_released_layout(path):
+        layout, left = load_bicross(model, path)
+        if left:
+            warnings.warn(f"{field} ({layout} layout) leaves {len(left)} tensors as built, "
+                          f"e.g. {left[:3]}", stacklevel=2)
+        return
+    report = load_pretrained(model, path, strict=False)
+    if not report.loaded:
+        raise ValueError(f"{field}: nothing fits the model\n{report.summary()}")
+    if not report.complete:
+        warnings.warn(f"{field} loaded partially:\n{report.summary()}", stacklevel=2)
