@@ -14,7 +14,7 @@ import sys
 import zipfile
 
 from evtransfer import __version__
-from evtransfer.cli import inference, io, simulate, train, world
+from evtransfer.cli import inference, io, simulate, train, weights, world
 
 # Exceptions that mean "bad input or environment", not "bug": ValueError covers the
 # library's own (ConfigError, FormatError, CheckpointError, SimulationError, EventsError),
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (train.add_demo, simulate.add, io.add, world.add, train.add, inference.add):
+    for add in (train.add_demo, simulate.add, io.add, world.add, train.add, inference.add,
+                weights.add):
         add(sub)
     return parser
 

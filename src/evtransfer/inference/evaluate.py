@@ -139,7 +139,7 @@ def _score_segmentation(model: Model, batches: Iterator[Batch], total: int,
                  zip(model.class_names, scores["iou"], scores["class_acc"], strict=True)]
     return {"samples": samples, "empty_windows": empty, "miou": scores["miou"],
             "acc": scores["acc"], "macc": scores["macc"], "n_pixels": scores["n_pixels"],
-            "per_class": per_class}
+            "per_class": per_class, "confusion": conf.matrix.tolist()}
 
 
 def _world_segmentation(model: Model, root: Path, opts: EvalOptions, split: str, log):
@@ -316,7 +316,8 @@ def evaluate(model: Model, dataset: str, root: str | Path, opts: EvalOptions | N
     """Scores of `model` on `dataset` (one of `DATASETS`) at `root` under its published
     protocol (module docstring). Returns a JSON-ready dict: dataset, split, protocol (with
     "tta": "none"), samples, empty_windows and the metrics — segmentation: miou, acc, macc
-    (ESS: absent classes count 0) and per_class [{class, iou, acc}]; depth: metrics (one dict
+    (ESS: absent classes count 0), per_class [{class, iou, acc}] and the dataset-wide
+    `confusion` matrix (rows: ground truth, columns: prediction); depth: metrics (one dict
     of AbsRel, SqRel, RMSE, ... or one per cut-off)."""
     opts = opts or EvalOptions()
     log = log or (lambda text: print(text, file=sys.stderr))
