@@ -59,8 +59,11 @@ def import_ref(repo: str, module: str, *, stubs: Mapping[str, types.ModuleType] 
     try:
         return importlib.import_module(module)
     finally:
+        # drop the reference's own modules and the stubs; keep third-party packages the
+        # reference imported (numpy's C extensions cannot be loaded twice in one process)
         for name in list(sys.modules):
-            if name not in saved_modules:
+            if name not in saved_modules and (name in stubs or any(_provides(r, name)
+                                                                   for r in roots)):
                 del sys.modules[name]
         sys.modules.update(saved_modules)
         sys.path[:] = saved_path

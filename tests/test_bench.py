@@ -6,8 +6,43 @@ from pathlib import Path
 import pytest
 import torch
 
-from evtransfer.bench import Run, gap_closed, markdown, run_transfer, summarize
+from evtransfer.bench import Run, gap_closed, markdown, run_transfer, score_segmentation, summarize
+from evtransfer.data.firewall import EVALUATION
+from evtransfer.data.transfer import load_real_transfer_data, load_transfer_data
 from evtransfer.demo import demo_config
+from tests.refs import import_ref, ref_attr
+
+
+def _ess_reference(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple:
+    """(mIoU, acc) of uzh-rpg/ess evaluation/metrics.py's MetricsSemseg."""
+    metrics = ref_attr(import_ref("uzh-rpg+ess", "evaluation.metrics"), "MetricsSemseg")
+    m = metrics(num_classes, 255, [str(c) for c in range(num_classes)])
+    m.update_batch(pred, label.long())
+    out = m.get_metrics_summary()
+    return float(out["mean_iou"]), float(out["acc"])
+
+
+def _check_scores(run: Run, x: torch.Tensor, label: torch.Tensor, num_classes: int) -> None:
+    """The benchmark scored `run` on these test windows and labels, as ESS's code does."""
+    miou, acc = _ess_reference(run.result.predict(x).argmax(1), label, num_classes)
+    assert run.scores["miou"] == pytest.approx(miou, abs=1e-9)
+    assert run.scores["acc"] == pytest.approx(acc, abs=1e-9)
+
+
+def test_score_segmentation_counts_an_absent_class_as_zero_as_ess():
+    """Class 3 is absent from labels and predictions: ESS's mean counts it as IoU 0."""
+    label = torch.tensor([[[0, 0], [1, 255]], [[2, 2], [1, 0]], [[0, 1], [2, 255]]])
+    pred = torch.tensor([[[0, 1], [1, 2]], [[2, 0], [1, 0]], [[0, 1], [1, 1]]])
+    x = pred[:, None].float()
+
+    def predict(batch):
+        return torch.nn.functional.one_hot(batch[:, 0].long(), 4).permute(0, 3, 1, 2).float()
+
+    scores = score_segmentation(predict, x, label, num_classes=4, batch=2)
+    # confusion rows (label) [3,1,0,0] [0,3,0,0] [1,1,1,0] [0,0,0,0]: IoU 60, 60, 33.3, 0
+    assert scores["miou"] == pytest.approx((60 + 60 + 100 / 3 + 0) / 4)
+    assert scores["acc"] == pytest.approx(70.0)
+    assert (scores["miou"], scores["acc"]) == pytest.approx(_ess_reference(pred, label, 4))
 
 
 def _run(method, seed, miou):
@@ -36,7 +71,10 @@ def test_run_transfer_writes_results(tiny_world, tmp_path):
     assert set(saved["methods"]) == {"source_only", "oracle"}
     for r in saved["methods"].values():
         assert {"miou_mean", "miou_std", "acc_mean", "train_minutes", "params"} <= r.keys()
-        assert 0 <= r["miou_mean"] <= 100
+    data = load_transfer_data(tiny_world, cfg.data, progress=False)
+    for run in runs:  # scored on the test split with its labels, as ESS's code scores
+        _check_scores(run, data.test_x, data.test_label.read(EVALUATION), data.num_classes)
+        assert saved["methods"][run.method]["miou_mean"] == run.scores["miou"]
     assert (tmp_path / "results.md").read_text().startswith("| method |")
     with pytest.raises(ValueError, match="unknown method"):
         run_transfer(tiny_world, ["nope"], [0], tmp_path, cfg, progress=False)
@@ -69,7 +107,9 @@ def test_real_scenario_runs_every_method_from_the_config_sections(tmp_path):
     summary, runs = run_transfer(None, methods, [0], tmp_path / "out", cfg, progress=False)
     assert list(summary["methods"]) == methods
     assert summary["real"]["target"] == "dsec_semantic"
-    assert all(0 <= r["miou_mean"] <= 100 for r in summary["methods"].values())
+    data = load_real_transfer_data(cfg.real, cfg.data, tmp_path / "out" / "cache")
+    for run in runs:
+        _check_scores(run, data.test_x, data.test_label.read(EVALUATION), data.num_classes)
     inputs = read_package(runs[2].package)[0].input
     assert inputs.sensor == (640, 480) and inputs.crop_bottom == 40 and inputs.size == (44, 64)
     assert inputs.num_windows == 1 and inputs.window_events == 400
@@ -94,5 +134,6 @@ def test_ess_runs_recurrently_over_the_real_windows(tmp_path):
     while the synthetic windows that train the event encoder have 5."""
     cfg = _real_config(tmp_path, num_windows=2, events_per_window=200)
     summary, runs = run_transfer(None, ["ess"], [0], tmp_path / "out", cfg, progress=False)
-    assert 0 <= summary["methods"]["ess"]["miou_mean"] <= 100
+    data = load_real_transfer_data(cfg.real, cfg.data, tmp_path / "out" / "cache")
+    _check_scores(runs[0], data.test_x, data.test_label.read(EVALUATION), data.num_classes)
     assert runs[0].result.predict(torch.zeros(1, 10, 44, 64)).shape == (1, 11, 44, 64)

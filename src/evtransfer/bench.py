@@ -23,20 +23,20 @@ from torch.utils.data import DataLoader, Dataset
 from evtransfer.data.depth_transfer import (
     DepthProtocol,
     DepthTransferConfig,
+    DepthTransferData,
     RealDepthConfig,
     load_depth_transfer_data,
     load_real_depth_data,
     real_target_depth,
     target_train_depth,
 )
+from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED
 from evtransfer.data.transfer import (
     RealTransferConfig,
     TransferData,
     TransferDataConfig,
     load_real_transfer_data,
     load_transfer_data,
-    real_target_labels,
-    target_train_labels,
 )
 from evtransfer.engine.package import InputSpec, method_spec, save_package
 from evtransfer.engine.transfer import StageConfig
@@ -129,6 +129,19 @@ def claim_work(work: Path, task: str, world: Path | None, *data_configs) -> None
     path.write_text(blob)
 
 
+def train_method(name: str, data: TransferData, cfg: TransferBenchConfig, seed: int,
+                 root: Path, device, progress: bool) -> MethodResult:
+    """Train segmentation method `name` on `data` in `root` behind the label firewall: the
+    target train labels are read for the target-supervised rows alone (`TARGET_LABELED`, ESS
+    with `train_on_event_labels`) and passed as `labels`; no method reads the test labels."""
+    _, train_fn = METHODS[name]
+    section = method_config(cfg, name)
+    labeled = name in TARGET_LABELED or getattr(section, "train_on_event_labels", False)
+    extra = {"labels": data.target_label.read(TARGET_SUPERVISED)} if labeled else {}
+    torch.manual_seed(seed)
+    return train_fn(data, section, root, seed=seed, device=device, progress=progress, **extra)
+
+
 def run_method(name: str, world: Path | None, cfg: TransferBenchConfig, seed: int, work: Path,
                device, progress: bool) -> Run:
     """Train method `name` with `seed` and score it on the target test split (of the world
@@ -137,21 +150,16 @@ def run_method(name: str, world: Path | None, cfg: TransferBenchConfig, seed: in
         raise ValueError(f"{name!r} is a depth method: run it with `--task depth`")
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    _, train_fn = METHODS[name]
-    section = method_config(cfg, name)
-    labeled = name in TARGET_LABELED or getattr(section, "train_on_event_labels", False)
     real, cache = cfg.real, work.parent / "cache"
     claim_work(work, "segmentation", None if real.target else world, cfg.data, real)
     if real.target:
         data = load_real_transfer_data(real, cfg.data, cache, progress=progress)
-        extra = {"labels": real_target_labels(real, cfg.data, cache)} if labeled else {}
     else:
         data = load_transfer_data(world, cfg.data, progress=progress)
-        extra = {"labels": target_train_labels(world, cfg.data)} if labeled else {}
-    torch.manual_seed(seed)
-    result = train_fn(data, section, work / f"seed_{seed}", seed=seed, device=device,
-                      progress=progress, **extra)
-    scores = score_segmentation(result.predict, data.test_x, data.test_label, data.num_classes)
+    result = train_method(name, data, cfg, seed, work / f"seed_{seed}", device, progress)
+    # the test labels are read here, after training, to score (the label firewall)
+    scores = score_segmentation(result.predict, data.test_x, data.test_label.read(EVALUATION),
+                                data.num_classes)
     package = save_method_package(work.parent, name, seed, result, input_spec(cfg, data),
                                   label_space=cfg.data.label_space)
     return Run(name, seed, scores, result.params, result.train_minutes, result, package)
@@ -299,13 +307,17 @@ def run_depth_method(name: str, world: Path | None, cfg: TransferBenchConfig, se
     torch.manual_seed(seed)
     result = train_fn(data, method_config(cfg, name), work / f"seed_{seed}", seed=seed,
                       device=device, progress=progress, **extra)
-    scores = score_depth(result.predict, data.test, data.protocol)
-    h, w = data.test[0]["spikes"].shape[-2], data.width
-    inputs = InputSpec(modality="spikes", kind="spike_stack", frames=data.frames,
-                       sensor=(w, h), size=(h, w), resize="nearest")
-    package = save_method_package(work.parent, name, seed, result, inputs,
+    scores = score_depth(result.predict, data.test_labeled.read(EVALUATION), data.protocol)
+    package = save_method_package(work.parent, name, seed, result, depth_input_spec(data),
                                   depth_range=(data.protocol.min_depth, data.protocol.max_depth))
     return Run(name, seed, scores, result.params, result.train_minutes, result, package)
+
+
+def depth_input_spec(data: DepthTransferData) -> InputSpec:
+    """How a spike recording becomes the clips the depth benchmark trained on (packages)."""
+    h, w = data.test[0]["spikes"].shape[-2], data.width
+    return InputSpec(modality="spikes", kind="spike_stack", frames=data.frames, sensor=(w, h),
+                     size=(h, w), resize="nearest")
 
 
 def summarize_depth(runs: list[Run]) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from evtransfer.bench import TransferBenchConfig, run_transfer
+from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.transfer import load_transfer_data
 from evtransfer.engine.dense import FitConfig
 from evtransfer.engine.transfer import StageConfig
@@ -79,7 +80,7 @@ def _figure(world: Path, cfg: TransferBenchConfig, runs: dict, path: Path) -> No
     for row, i in enumerate(picks):
         rgb = (data.test_rgb[i].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
         images += [rgb, colorize_events(x[row].sum(0).numpy()),
-                   colorize_labels(data.test_label[i].numpy(), DSEC11_PALETTE),
+                   colorize_labels(data.test_label.read(EVALUATION)[i].numpy(), DSEC11_PALETTE),
                    colorize_labels(preds["source_only"][row], DSEC11_PALETTE),
                    colorize_labels(preds[best][row], DSEC11_PALETTE)]
         titles += ["scene (not seen)", "events", "ground truth", "source-only", best]

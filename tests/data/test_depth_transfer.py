@@ -11,6 +11,7 @@ from evtransfer.data.depth_transfer import (
     target_train_depth,
     unpack_spikes,
 )
+from evtransfer.data.firewall import EVALUATION, LabelAccessError
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
 from evtransfer.events import Spikes
 from evtransfer.represent import spike_stack
@@ -53,6 +54,12 @@ def test_depth_tensors_cache_and_hidden_target_depth(tiny_world, tmp_path):
     torch.testing.assert_close(item["rgb"], source[0]["rgb"])
     torch.testing.assert_close(item["depth"], source[0]["depth"])
     assert set(data.target[0]) == {"spikes"}  # the methods never see target depth
+    assert set(data.test[0]) == {"spikes"}  # ... nor test depth, which is withheld
+    with pytest.raises(LabelAccessError, match=r"target test depth \(DepthTransferData"):
+        data.test_labeled[0]
+    labeled_test = data.test_labeled.read(EVALUATION)
+    assert torch.equal(labeled_test.tensors["spikes"], data.test.tensors["spikes"])
+    assert labeled_test[0]["depth"].shape == (h, w)
     # the source clip integrates the same frame: brighter pixels fire more
     rates = torch.stack([(unpack_spikes(data.source[i]["spikes"], w) > 0).float().mean(0)
                          for i in range(len(data.source))])
@@ -111,7 +118,8 @@ def test_real_scenario_sets(bicross_real_roots):
     assert src["spikes"].shape == (4, 4, 2) and src["rgb"].shape == (3, 4, 10)
     assert src["depth"].shape == (4, 10)
     assert set(data.target[0]) == {"spikes"}
-    test = data.test[1]
+    assert set(data.test[1]) == {"spikes"}
+    test = data.test_labeled.read(EVALUATION)[1]
     assert test["depth"].shape == (10, 16) and test["crop_box"].tolist() == [6, 3, 4, 10]
     raw = np.load(kitti / "input" / "2011_09_26" / "drive_3" / "spike" / "npy"
                   / "0000000003.npy")

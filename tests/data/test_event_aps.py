@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from evtransfer.data.event_aps import EventApsConfig, EventApsPairs, load_event_aps_transfer
+from evtransfer.data.event_aps import EventApsConfig, EventApsPairs, load_event_aps
 from evtransfer.io.images import write_label_png
 
 
@@ -58,15 +58,40 @@ def test_resizing_keeps_constants_and_repeats_labels(tmp_path):
     np.testing.assert_array_equal(sample["label"].numpy(), expected)
 
 
-def test_transfer_tensors_and_every(layout):
-    data = load_event_aps_transfer(EventApsConfig(root=str(layout), size=(4, 6), every=2))
-    assert data.source_rgb.shape == (2, 3, 4, 6) and data.target_x.shape == (2, 3, 4, 6)
-    assert data.test_x.shape == (1, 3, 4, 6) and data.num_classes == 6
-    full = EventApsPairs(layout, "train", size=(4, 6))
-    torch.testing.assert_close(data.target_x[1], full[2]["events"])  # frames 0 and 2
-    torch.testing.assert_close(data.source_rgb[1], full[2]["aps"])
-    luma = (full[2]["aps"] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)
-    torch.testing.assert_close(data.synth_gray[1], luma)
+def test_source_target_cut_and_every(layout):
+    (layout / "images/train/d.png").write_bytes((layout / "images/train/a.png").read_bytes())
+    (layout / "labels/train/d.png").write_bytes((layout / "labels/train/a.png").read_bytes())
+    train, test = load_event_aps(EventApsConfig(root=str(layout), size=(4, 6), every=1))
+    full = EventApsPairs(layout, "train", size=(4, 6))  # a, b | c, d
+    assert train.num_classes == 6 and not hasattr(train, "target_label")
+    torch.testing.assert_close(train.source_rgb, torch.stack([full[0]["aps"], full[1]["aps"]]))
+    torch.testing.assert_close(train.source_label, torch.stack([full[0]["label"],
+                                                                full[1]["label"]]))
+    torch.testing.assert_close(train.target_x, torch.stack([full[2]["events"],
+                                                            full[3]["events"]]))
+    luma = (full[3]["aps"] * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)
+    torch.testing.assert_close(train.pair_gray[1], luma)
+    z = EventApsPairs(layout, "test", size=(4, 6))[0]
+    torch.testing.assert_close(test.x[0], z["events"])
+    torch.testing.assert_close(test.label[0], z["label"])
+    torch.testing.assert_close(test.aps[0], z["aps"])
+    every = load_event_aps(EventApsConfig(root=str(layout), size=(4, 6), every=2))[0]  # a | c
+    torch.testing.assert_close(every.source_rgb, full[0]["aps"][None])
+    torch.testing.assert_close(every.target_x, full[2]["events"][None])
+    with pytest.raises(ValueError, match="cannot be cut"):  # 4 frames: 0.1 leaves no source
+        load_event_aps(EventApsConfig(root=str(layout), source_fraction=0.1))
+
+
+def test_target_labels_are_never_opened(layout, monkeypatch):
+    """Only the source frames' (a) and the test split's label files are read."""
+    from evtransfer.data import event_aps
+
+    opened = []
+    real = event_aps.read_label_png
+    monkeypatch.setattr(event_aps, "read_label_png", lambda p: opened.append(p) or real(p))
+    load_event_aps(EventApsConfig(root=str(layout), size=(4, 6), source_fraction=0.4))
+    assert sorted(p.relative_to(layout).as_posix() for p in opened) == [
+        "labels/test/z.png", "labels/train/a.png"]
 
 
 def test_layout_errors(layout, tmp_path):
@@ -76,4 +101,6 @@ def test_layout_errors(layout, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         EventApsPairs(tmp_path / "missing", "train")
     with pytest.raises(ValueError, match="root is empty"):
-        load_event_aps_transfer(EventApsConfig())
+        load_event_aps(EventApsConfig())
+    with pytest.raises(ValueError, match="source_fraction"):
+        load_event_aps(EventApsConfig(root=str(layout), source_fraction=1.0))

@@ -8,6 +8,7 @@ import torch
 from evtransfer.data.cityscapes import CityscapesConfig
 from evtransfer.data.ddd17 import Ddd17Config
 from evtransfer.data.dsec_semantic import DsecSemanticConfig
+from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED
 from evtransfer.data.synthetic import SyntheticConfig
 from evtransfer.data.transfer import (
     EventInput,
@@ -15,7 +16,6 @@ from evtransfer.data.transfer import (
     TransferDataConfig,
     build_real_transfer_data,
     load_real_transfer_data,
-    real_target_labels,
 )
 from evtransfer.events import Events
 from tests.data._layouts import cityscapes_split, ddd17_recording, dsec_sequence
@@ -61,12 +61,13 @@ def test_dsec_scenario_tensors(dsec_roots, tmp_path):
     assert data.source_rgb.shape == (4, 3, 44, 64) and data.source_label.dtype == torch.uint8
     assert data.synth_x.shape == (4, 5, 44, 64) and data.synth_gray.shape == (4, 44, 64)
     assert data.target_x.shape == (4, 5, 44, 64) and data.test_x.shape == (4, 5, 44, 64)
-    assert data.test_label.shape == (4, 44, 64) and data.num_classes == 11
+    test_label = data.test_label.read(EVALUATION)
+    assert test_label.shape == (4, 44, 64) and data.num_classes == 11
     assert float(data.target_x.abs().sum()) > 0 and float(data.synth_x.abs().sum()) > 0
     # fixture label k is filled with k % 11; labels 6, 8, 10, 12 are used
-    assert data.test_label[:, 0, 0].tolist() == [6, 8, 10, 1]
+    assert test_label[:, 0, 0].tolist() == [6, 8, 10, 1]
     assert set(data.source_label.unique().tolist()) <= {0, 1, 3, 5, 7, 8, 255}
-    assert torch.equal(real_target_labels(real, cfg, tmp_path)[:, 0, 0],
+    assert torch.equal(data.target_label.read(TARGET_SUPERVISED)[:, 0, 0],
                        torch.tensor([6, 8, 10, 1], dtype=torch.uint8))
     # memory-mapped from the cache; a second load rebuilds nothing
     folder = next(tmp_path.glob("real_*"))

@@ -1,5 +1,5 @@
-"""Model packages with a known constant output (hand-made golden values) for the inference
-tests."""
+"""Model packages for the inference tests: a known constant output (hand-made golden values)
+or seeded random weights (outputs that vary with the input)."""
 
 from __future__ import annotations
 
@@ -29,16 +29,19 @@ def segmenter_package(path, *, constant: int | None = None, num_classes: int = 1
                                                label_space=label_space))
 
 
-def depth_package(path, *, constant: float, depth_range=(1e-3, 80.0), **inputs):
+def depth_package(path, *, constant: float | None, depth_range=(1e-3, 80.0), seed: int = 0,
+                  **inputs):
     """A DPT (MiT-B0 encoder, 16 features) package predicting `constant` metres everywhere
-    (the last head convolution has weights 0 and bias `constant`, raw depth mode)."""
+    (the last head convolution has weights 0 and bias `constant`, raw depth mode); None:
+    seeded random weights."""
     spec_in = InputSpec(**inputs)
     kwargs = {"in_chans": spec_in.channels(), "features": 16, "uncertainty": False}
-    net = create_model("dpt_mit_b0", **kwargs)
+    net = create_model("dpt_mit_b0", **kwargs, seed=seed)
     last = [m for m in net.head if isinstance(m, torch.nn.Conv2d)][-1]
     with torch.no_grad():
-        last.weight.zero_()
-        last.bias.fill_(constant)
+        if constant is not None:
+            last.weight.zero_()
+            last.bias.fill_(constant)
     desc = {"model": "dpt_mit_b0", "task": "depth", "output": "depth", "kwargs": kwargs}
     return save_package(path, net, method_spec(desc, method="test", inputs=spec_in,
                                                depth_range=depth_range))

@@ -87,6 +87,32 @@ def test_dsec_semantic_label_sampling_and_scores(dsec_root, tmp_path):
     assert evaluate(wrong, "dsec-semantic", dsec_root, QUIET)["miou"] == 0.0
 
 
+def test_dsec_semantic_scores_a_varying_model_as_ess_scores_its_windows(dsec_root, tmp_path):
+    """A random-weight model (its classes vary over the image, unlike the constant ones):
+    `evaluate` scores what the model predicts on the ESS samples, with ESS's own metric
+    (uzh-rpg/ess evaluation/metrics.py)."""
+    import torch
+
+    from evtransfer.data.dsec_semantic import DsecSemantic, DsecSemanticConfig
+    from evtransfer.data.transfer import EventInput
+    from tests.refs import import_ref, ref_attr
+
+    model = load_model(segmenter_package(tmp_path / "r.safetensors", seed=3, **DSEC_INPUT))
+    result = evaluate(model, "dsec-semantic", dsec_root, _opts(batch=2))
+    ds = DsecSemantic(dsec_root, "test", DsecSemanticConfig(num_windows=1, events_per_window=500),
+                      representation=EventInput())
+    metrics = ref_attr(import_ref("uzh-rpg+ess", "evaluation.metrics"), "MetricsSemseg")(
+        11, 255, [str(c) for c in range(11)])
+    for item in ds:
+        pred = model.forward(item["representation"][None]).argmax(1)
+        metrics.update_batch(pred, item["label"][None])
+    ref = metrics.get_metrics_summary()
+    assert len(torch.unique(pred)) > 1  # not a constant model
+    assert result["miou"] == pytest.approx(float(ref["mean_iou"]), abs=1e-9)
+    assert result["acc"] == pytest.approx(float(ref["acc"]), abs=1e-9)
+    assert 0 < result["acc"] < 100
+
+
 def test_dsec_semantic_with_a_world_model_needs_resize(dsec_root, tmp_path):
     model = load_model(segmenter_package(tmp_path / "w.safetensors", constant=6,
                                          window_us=50_000, sensor=(64, 48), size=(48, 64)))

@@ -187,7 +187,7 @@ def test_bicross_runs_its_stages_resumes_and_predicts_depth(tiny_world, tmp_path
     assert set(result.minutes) == {"rgb", "cfkd", "scts"}
     spikes = data.test.tensors["spikes"][:3]
     depth = result.predict(spikes)
-    assert depth.shape == (3, *data.test[0]["depth"].shape)  # 48 x 64, network 64 x 64
+    assert depth.shape == (3, data.test[0]["spikes"].shape[-2], data.width)  # 48 x 64
     assert torch.isfinite(depth).all() and bool((depth > 0).all())
     runs = {p.name.split("-")[0] for p in (tmp_path / "run").iterdir()}
     assert runs == {"bicross_rgb", "bicross_cfkd", "bicross_scts"}

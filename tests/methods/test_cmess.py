@@ -2,6 +2,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data
 from evtransfer.engine.dense import FitConfig
@@ -68,13 +69,95 @@ def test_train_cmess_runs_all_stages_and_resumes(tiny_world, tmp_path):
     assert len(list((tmp_path / "run").glob("TPL-*"))) == 2
 
 
-def test_class_thresholds_keep_the_most_confident_fraction_of_each_class():
+# hand-built pseudo-labelling: fused confidences (k + 0.5) / 1000 sit mid-bin of the 1000-bin
+# histogram, so they stay in their bin in float16 (TPL stores confidences as halves)
+CLASS0 = [0.9505, 0.9005, 0.8005, 0.6005, 0.5005, 0.4505, 0.4005, 0.3505]
+CLASS1 = [0.6505, 0.6005, 0.5505, 0.5005]
+
+
+@pytest.mark.parametrize("fraction, expected", [
+    (0.25, [0.900, 0.650, 1.0]),  # class 0: top 2 of 8; class 1: top 1 of 4
+    (0.5, [0.600, 0.600, 1.0]),  # top 4 of 8; top 2 of 4
+    (0.75, [0.450, 0.550, 1.0]),  # top 6 of 8; top 3 of 4
+])
+def test_class_thresholds_are_the_bin_of_the_last_pixel_in_each_classes_top_fraction(
+        fraction, expected):
     from evtransfer.methods.cmess import class_thresholds
 
-    label = torch.tensor([0] * 10 + [1] * 4)
-    conf = torch.cat([torch.linspace(0.05, 0.95, 10), torch.tensor([0.2, 0.3, 0.4, 0.45])])
-    thr = class_thresholds(label, conf, num_classes=3, fraction=0.5)
-    kept = conf >= thr[label]
-    assert kept[:10].sum() == 5 and kept[:10][5:].all()  # the top half of class 0
-    assert kept[10:].tolist() == [False, False, True, True]
-    assert thr[2] == 1.0  # never predicted
+    label = torch.tensor([0] * len(CLASS0) + [1] * len(CLASS1))
+    conf = torch.tensor(CLASS0 + CLASS1)
+    thr = class_thresholds(label, conf, num_classes=3, fraction=fraction)
+    torch.testing.assert_close(thr, torch.tensor(expected), rtol=0, atol=1e-6)
+    kept = (conf >= thr[label]).tolist()
+    assert sum(kept[:8]) == round(fraction * 8) and sum(kept[8:]) == round(fraction * 4)
+
+
+class _Table(nn.Module):
+    """M_S stand-in: the "image" of a window is each pixel's index code (from `_Code`), mapped
+    to stored log-probabilities, so P_S is exactly the table."""
+
+    def __init__(self, log_p: torch.Tensor):
+        super().__init__()
+        self.register_buffer("log_p", log_p)  # (pixels, C)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        n = len(self.log_p)
+        idx = (img[:, 0] * n - 0.5).round().long()
+        return self.log_p[idx].permute(0, 3, 1, 2)
+
+
+class _Code(nn.Module):
+    """Reconstruction stand-in: channel 0 of the window (the pixel index code)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1]
+
+
+class _Rest(nn.Module):
+    """M_T' stand-in: channels 1: of the window (log P_T)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 1:]
+
+
+def _tpl_inputs():
+    """One 1 x 13 window: 8 pixels where P_S = P_T favour class 0 (CLASS0 confidences), 4
+    where both favour class 1 (CLASS1), and one where P_S says class 2 and P_T class 1: with
+    λ = 0.2 the fused label is 1 at 0.6905, swapping the paths gives 2 at 0.7299."""
+    rows = [[c, (1 - c) / 2, (1 - c) / 2] for c in CLASS0]
+    rows += [[(1 - c) / 2, c, (1 - c) / 2] for c in CLASS1]
+    p_s = torch.tensor(rows + [[0.05, 0.05, 0.9]])
+    p_t = torch.tensor(rows + [[0.1, 0.850625, 0.049375]])
+    n = len(p_s)
+    code = (torch.arange(n) + 0.5) / n
+    x = torch.cat([code[None], p_t.log().T]).view(1, 4, 1, n)
+    return x, _Table(p_s.log()), _Rest(), _Code()
+
+
+@pytest.mark.parametrize("fraction, kept0, kept1", [
+    (0.0, 3, 0),  # confidence >= 0.7 alone
+    (0.25, 3, 2),  # class 0: top 2 (or the 3 confident ones); class 1: top 2 of 5
+    (0.5, 4, 3),
+    (0.75, 6, 4),
+])
+def test_target_path_labeling_fuses_masks_and_keeps_each_classes_top_fraction(
+        fraction, kept0, kept1, tmp_path):
+    from types import SimpleNamespace
+
+    from evtransfer.methods.cmess import target_path_labeling
+
+    x, m_s, m_t, recon = _tpl_inputs()
+    cfg = CmessConfig(fuse_lambda=0.2, confidence=0.7, class_fraction=fraction)
+    data = SimpleNamespace(target_x=x, num_classes=3)
+    label, conf = target_path_labeling(m_s, m_t, recon, data, cfg, tmp_path / "p.safetensors",
+                                       "cpu")
+    ignore = 255
+    # class-1 pixels in descending confidence: the mixed pixel (0.6905) first, then CLASS1
+    class1 = [12, 8, 9, 10, 11]
+    expected = [0] * kept0 + [ignore] * (8 - kept0) + [ignore] * 5
+    for i in class1[:kept1]:
+        expected[i] = 1
+    assert label.dtype == torch.uint8 and label.shape == (1, 1, 13)
+    assert label.flatten().tolist() == expected
+    torch.testing.assert_close(conf.flatten().float(), torch.tensor(CLASS0 + CLASS1 + [0.6905]),
+                               rtol=0, atol=1e-3)

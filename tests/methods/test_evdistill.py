@@ -19,6 +19,7 @@ from evtransfer.methods.evdistill import (
     DistillLosses,
     EvdistillConfig,
     Outputs,
+    Pairs,
     RealSegmentationRun,
     RecognitionConfig,
     RecognitionRun,
@@ -179,6 +180,32 @@ def test_joint_losses_without_bmr_use_the_pairs_only():
     evdistill_losses(teacher.outputs, student.outputs, None, batch, cfg)
 
 
+def test_unlabeled_pairs_have_no_task_term_on_the_pairs():
+    """Real pairs (DDD17 APS | events, N-Caltech101) carry no labels: the pairs' terms are
+    the teacher's alone, and the task term is the source images' (through Ê) only."""
+    teacher, student, translator = _Toy(1), _Toy(2, recon=1), nn.Conv2d(1, 2, 1)
+    batch = _toy_batch(torch.Generator().manual_seed(5))
+    unlabeled = {k: v for k, v in batch.items() if k != "s_label"}
+    plain = DistillLosses(bmr=False, affinity_node=1)
+    assert set(evdistill_losses(teacher.outputs, student.outputs, None, unlabeled, plain)) == {
+        "loss", "kd", "affinity", "dm"}
+    out = evdistill_losses(teacher.outputs, student.outputs, translator, unlabeled,
+                           DistillLosses())
+    expected = task_loss(student.head(translator(batch["image"])), batch["label"])
+    assert out["task"].item() == pytest.approx(expected.item(), rel=1e-6)
+    labeled = evdistill_losses(teacher.outputs, student.outputs, translator, batch,
+                               DistillLosses())
+    pairs_task = task_loss(student.head(batch["s_event"]), batch["s_label"])
+    assert (labeled["task"] - out["task"]).item() == pytest.approx(pairs_task.item(), rel=1e-5)
+
+
+def test_unpaired_set_without_pair_labels():
+    image, label = torch.zeros(2, 1, 1, 1), torch.zeros(2, 1, 1, dtype=torch.long)
+    ds = UnpairedSet(image, label, torch.ones(3, 1, 1, 1),
+                     Pairs(torch.ones(3, 1, 1, 1), torch.ones(3, 1, 1, 1), None), seed=0)
+    assert set(ds[0]) == {"image", "label", "event", "s_event", "s_image"}
+
+
 @pytest.mark.parametrize("field, value", [("temperature", 0.0), ("affinity_node", 0),
                                           ("dm_weight", -1.0), ("translator_grad", -0.5)])
 def test_distill_losses_validation(field, value):
@@ -190,7 +217,7 @@ def test_unpaired_set_covers_every_item():
     image, label = torch.arange(5.0).view(5, 1, 1, 1), torch.arange(5).view(5, 1, 1)
     event = torch.arange(3.0).view(3, 1, 1, 1) + 10
     s = torch.arange(4.0).view(4, 1, 1, 1) + 20
-    ds = UnpairedSet(image, label, event, s, s, torch.arange(4).view(4, 1, 1), seed=0)
+    ds = UnpairedSet(image, label, event, Pairs(s, s, torch.arange(4).view(4, 1, 1)), seed=0)
     items = [ds[i] for i in range(len(ds))]
     assert len(ds) == 5
     assert sorted(int(it["image"]) for it in items) == list(range(5))
@@ -296,7 +323,7 @@ def test_cli_segment_on_an_event_aps_layout(tmp_path, capsys):
     from evtransfer.io.images import write_label_png
 
     rng = np.random.default_rng(0)
-    for split, n in (("train", 2), ("test", 2)):
+    for split, n in (("train", 4), ("test", 2)):  # 2 source frames, 2 target frames
         (tmp_path / "images" / split).mkdir(parents=True)
         (tmp_path / "labels" / split).mkdir(parents=True)
         for k in range(n):

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data, target_train_labels
 
 DSEC11_NAMES = ("background", "building", "fence", "person", "pole", "road", "sidewalk",
@@ -110,7 +111,7 @@ def load_recognition_data(world: str | Path, data_cfg: TransferDataConfig, cfg: 
     s_sites, s_y = crop_sites(data.source_label, cfg)
     m_sites, m_y = crop_sites(data.synth_label, cfg)
     t_sites, _ = crop_sites(hidden, cfg)
-    e_sites, e_y = crop_sites(data.test_label, cfg)
+    e_sites, e_y = crop_sites(data.test_label.read(EVALUATION), cfg)
     for what, sites in (("source", s_sites), ("synthetic", m_sites), ("target", t_sites),
                         ("test", e_sites)):
         if len(sites) == 0:

@@ -12,6 +12,8 @@ the window holds fewer events, as ECDDP's DSEC loader does):
   stops rendering) are left out.
 Everything is cached as safetensors under `cache_dir` (default `world/cache`), keyed by the
 config, the task and the world. `label_subset` draws the seeded labeled fraction of a split.
+The test targets sit behind the label firewall (`data.firewall`): only the evaluation step
+reads them; the train targets are ECDDP's fine-tuning protocol (a labeled fraction).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from evtransfer.data.firewall import EVALUATION, Withheld, withhold
 from evtransfer.data.world import WorldTarget, WorldTargetConfig
 from evtransfer.represent import stacked_histogram
 
@@ -47,14 +50,19 @@ class DenseTaskConfig:
 @dataclass
 class DenseTaskData:
     """Inputs (N, 2·windows, H, W) float32 and targets of one task's train and test splits:
-    labels (N, H, W) int64, depth (N, H, W) float32 metres, or flow (N, 2, H, W) pixels."""
+    labels (N, H, W) int64, depth (N, H, W) float32 metres, or flow (N, 2, H, W) pixels.
+    `test_y` is withheld (a tensor given is wrapped): `test_y.read(EVALUATION)`."""
 
     task: str
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
-    test_y: torch.Tensor
+    test_y: Withheld
     num_classes: int
+
+    def __post_init__(self) -> None:
+        self.test_y = withhold(self.test_y, f"{self.task} test targets (DenseTaskData.test_y)",
+                               (EVALUATION,))
 
     @property
     def channels(self) -> int:

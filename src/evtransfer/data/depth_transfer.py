@@ -5,12 +5,14 @@
   sensor: by default the ideal integrate-and-fire camera a user would run on their images);
 - target train: the stored spike clips of a target domain (the world's spike camera; `domain`
   picks `target` or a built variant `fog`, `rain`, `city2`), **unlabeled** for the methods;
-- target test: held-out target clips with their depth, for evaluation only.
+- target test: held-out target clips (`test`: spikes only) and the same clips with their depth
+  (`test_labeled`, behind the label firewall `data.firewall`: the evaluation step alone
+  reads it).
 
 A clip is the last `frames` readouts before the label time (BiCross's T, the ±1 frame stack of
 `represent.spike_stack`), stored bit-packed along the width (T, H, ⌈W/8⌉) uint8, LSB first as
 `Spikes`; `unpack_spikes` turns a batch into the network's ±1 float input on any device. The
-oracle alone reads `target_train_depth`. Depth is in metres, 0 = invalid (the world's sky).
+supervised row alone reads `target_train_depth`. Depth is in metres, 0 = invalid (the world's sky).
 Everything is cached as safetensors under `cache_dir`, keyed by the config and the world.
 
 `load_real_depth_data` serves the same three sets from BiCross's real layouts (VKITTI 2 and
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from evtransfer.data._common import TensorDict
 from evtransfer.data.depth_sources import KB_CROP, KittiDepth, PairedDepthConfig, Vkitti2Depth
+from evtransfer.data.firewall import EVALUATION, Withheld
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
 from evtransfer.events import Spikes
 from evtransfer.io.base import FormatError
@@ -79,18 +82,25 @@ class DepthTransferData:
     """What a depth transfer method sees (see the module docstring); items are CPU tensors.
 
     `source` items: rgb (3, H, W) float32 in [0, 1], spikes, depth (H, W) metres; `target`
-    items: spikes (unlabeled); `test` items: spikes, depth (real data: at full size, with
-    `crop_box` (top, left, h, w) int64 locating the spikes' crop). `width` unpacks the spikes,
-    `protocol` says which depth pixels are valid, `key` identifies the data (stage caching).
+    items: spikes (unlabeled); `test` items: spikes (unlabeled); `test_labeled` (withheld,
+    `test_labeled.read(EVALUATION)`): the test items with depth (real data: at full size,
+    with `crop_box` (top, left, h, w) int64 locating the spikes' crop). `width` unpacks the
+    spikes, `protocol` says which depth pixels are valid, `key` identifies the data (stage
+    caching).
     """
 
     source: Dataset
     target: Dataset
     test: Dataset
+    test_labeled: Withheld
     width: int
     frames: int
     protocol: DepthProtocol
     key: str
+
+
+def _withheld_test(labeled: Dataset) -> Withheld:
+    return Withheld(labeled, "target test depth (DepthTransferData.test_labeled)", (EVALUATION,))
 
 
 def unpack_spikes(packed: torch.Tensor, width: int) -> torch.Tensor:
@@ -186,7 +196,8 @@ def load_depth_transfer_data(world: str | Path, cfg: DepthTransferConfig, *,
         source=TensorDict(rgb=t["source_rgb"], spikes=t["source_spikes"],
                              depth=t["source_depth"]),
         target=TensorDict(spikes=t["target_spikes"]),
-        test=TensorDict(spikes=t["test_spikes"], depth=t["test_depth"]),
+        test=TensorDict(spikes=t["test_spikes"]),
+        test_labeled=_withheld_test(TensorDict(spikes=t["test_spikes"], depth=t["test_depth"])),
         width=int(t["source_rgb"].shape[-1]), frames=cfg.frames, protocol=cfg.protocol, key=key)
 
 
@@ -265,7 +276,9 @@ def load_real_depth_data(cfg: RealDepthConfig) -> DepthTransferData:
     return DepthTransferData(
         source=_real(cfg, cfg.source, cfg.source_root, "train", ("rgb", "depth")),
         target=_real(cfg, cfg.target, cfg.target_root, "train", ()),
-        test=_real(cfg, cfg.target, cfg.target_root, "test", ("depth", "crop_box")),
+        test=_real(cfg, cfg.target, cfg.target_root, "test", ()),
+        test_labeled=_withheld_test(_real(cfg, cfg.target, cfg.target_root, "test",
+                                          ("depth", "crop_box"))),
         width=cfg.crop[1], frames=cfg.frames, protocol=cfg.protocol, key=key)
 
 

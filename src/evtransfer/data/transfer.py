@@ -6,9 +6,12 @@
   targets);
 - target train: real target event windows (K, C, H, W), **unlabeled** for the methods;
 - target test: held-out target windows with their labels, for evaluation only.
-The oracle alone reads `target_train_labels`. Representations are voxel grids (ESS/E2VID form:
-`bins` bins, summed polarity, optionally normalised over non-zero entries). Everything is
-cached as safetensors under `cache_dir`, keyed by the config, so methods and seeds share it.
+Both label sets sit behind the label firewall (`data.firewall.Withheld`): the test labels open
+for the evaluation step alone, the train labels for the target-supervised rows alone (oracle,
+ess_supervised, ECDDP's fine-tuning); a method that reads either fails loudly.
+Representations are voxel grids (ESS/E2VID form: `bins` bins, summed polarity, optionally
+normalised over non-zero entries). Everything is cached as safetensors under `cache_dir`, keyed
+by the config, so methods and seeds share it.
 
 The same tensors come from real data with `load_real_transfer_data`: Cityscapes as the source
 (`data.cityscapes`, ESS geometry), DSEC-Semantic or DDD17 as the target (`data.dsec_semantic`,
@@ -32,6 +35,7 @@ from tqdm import tqdm
 from evtransfer.data.cityscapes import CityscapesConfig, CityscapesSegmentation
 from evtransfer.data.ddd17 import Ddd17Config, Ddd17Segmentation
 from evtransfer.data.dsec_semantic import DsecSemantic, DsecSemanticConfig
+from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED, Withheld, withhold
 from evtransfer.data.synthetic import SyntheticConfig, motion_chunks, synthesize
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
 from evtransfer.events import Events
@@ -82,7 +86,10 @@ class TransferDataConfig:
 
 @dataclass
 class TransferData:
-    """In-memory tensors (see the module docstring); all on the CPU."""
+    """Tensors (see the module docstring); all on the CPU. `test_label` (N, H, W) and
+    `target_label` (K, H, W) are withheld (`data.firewall`): a tensor given for them is
+    wrapped, `test_label` readable by `EVALUATION`, `target_label` by `TARGET_SUPERVISED`
+    (None: the scenario has no target train labels)."""
 
     num_classes: int
     source_rgb: torch.Tensor
@@ -92,8 +99,16 @@ class TransferData:
     synth_gray: torch.Tensor
     target_x: torch.Tensor
     test_x: torch.Tensor
-    test_label: torch.Tensor
+    test_label: Withheld
     test_rgb: torch.Tensor
+    target_label: Withheld | None = None
+
+    def __post_init__(self) -> None:
+        self.test_label = withhold(self.test_label, "target test labels "
+                                   "(TransferData.test_label)", (EVALUATION,))
+        if self.target_label is not None:
+            self.target_label = withhold(self.target_label, "target train labels "
+                                         "(TransferData.target_label)", (TARGET_SUPERVISED,))
 
 
 def _key(root: Path, cfg: TransferDataConfig) -> str:
@@ -152,11 +167,11 @@ def _cached(root: Path, cfg: TransferDataConfig, cache_dir: Path | None,
 
 def load_transfer_data(world: str | Path, cfg: TransferDataConfig, *,
                        cache_dir: str | Path | None = None, progress: bool = True) -> TransferData:
-    """The method-side tensors of a built world (target train labels withheld)."""
+    """The tensors of a built world (target labels behind the firewall)."""
     t = _cached(Path(world), cfg, cache_dir, progress)
     return TransferData(cfg.num_classes, t["source_rgb"], t["source_label"].long(), t["synth_x"],
                         t["synth_label"].long(), t["synth_gray"], t["target_x"], t["test_x"],
-                        t["test_label"].long(), t["test_rgb"])
+                        t["test_label"].long(), t["test_rgb"], t["target_label"].long())
 
 
 def target_train_labels(world: str | Path, cfg: TransferDataConfig, *,
@@ -195,8 +210,8 @@ class RealTransferConfig:
                              f"{self.target!r}")
 
 
-_METHOD_ARRAYS = ("source_rgb", "source_label", "synth_x", "synth_label", "synth_gray",
-                  "target_x", "test_x", "test_label")  # target_label: the oracle's alone
+_ARRAYS = ("source_rgb", "source_label", "synth_x", "synth_label", "synth_gray", "target_x",
+           "test_x", "test_label", "target_label")
 
 
 def _spread(n: int, cap: int) -> np.ndarray:
@@ -339,19 +354,12 @@ def _mapped(folder: Path, name: str) -> torch.Tensor:
 
 def load_real_transfer_data(real: RealTransferConfig, cfg: TransferDataConfig,
                             cache_dir: str | Path, *, progress: bool = True) -> TransferData:
-    """The method-side tensors of a real scenario, memory-mapped from its cache (built on the
-    first call); target train labels withheld, no test RGB."""
+    """The tensors of a real scenario, memory-mapped from its cache (built on the first call);
+    target labels behind the firewall, no test RGB."""
     folder = build_real_transfer_data(real, cfg, cache_dir, progress=progress)
-    t = {name: _mapped(folder, name) for name in _METHOD_ARRAYS}
+    t = {name: _mapped(folder, name) for name in _ARRAYS}
     h, w = t["test_x"].shape[-2:]
     # labels stay uint8 memory maps (8x smaller than int64); the losses widen each batch
     return TransferData(cfg.num_classes, t["source_rgb"], t["source_label"], t["synth_x"],
                         t["synth_label"], t["synth_gray"], t["target_x"], t["test_x"],
-                        t["test_label"], torch.zeros(0, 3, h, w))
-
-
-def real_target_labels(real: RealTransferConfig, cfg: TransferDataConfig,
-                       cache_dir: str | Path) -> torch.Tensor:
-    """Labels (K, H, W) uint8 of the real target train windows: the oracle's supervision."""
-    folder = build_real_transfer_data(real, cfg, cache_dir, progress=False)
-    return _mapped(folder, "target_label")
+                        t["test_label"], torch.zeros(0, 3, h, w), t["target_label"])

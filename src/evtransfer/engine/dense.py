@@ -27,7 +27,9 @@ from evtransfer.engine.seed import derive_seed, seed_everything
 from evtransfer.metrics import ConfusionMatrix, segmentation_scores
 
 IGNORE = 255
-_NOT_IDENTITY = ("log_every", "ckpt_every")  # how a run is logged does not change its result
+# how a run is logged, where shared stages are stored and which worlds chose a method's
+# defaults do not change its result
+_NOT_IDENTITY = ("log_every", "ckpt_every", "source_cache", "defaults_chosen_on")
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE,

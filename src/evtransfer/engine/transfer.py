@@ -6,10 +6,15 @@ keyed by its settings and seed (`stage_dir`), so a benchmark trains them once pe
   and supervised on events simulated from the source (the VID2E baseline, CMESS's SPI);
 - an E2VID-style reconstruction network trained on simulated (window, frame) pairs, and the
   reconstruct-then-segment path (the E2VID baseline, CMESS's T→S labeling path).
+
+These depend on the source alone: with `StageConfig.source_cache` set (the world suites of
+`bench_suite`) they are cached in one folder for every target world of a source, keyed also
+by the source data's content.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +62,12 @@ class StageConfig:
     synthetic: FitConfig = field(default_factory=lambda: FitConfig(lr=5e-4))  # M_T' from M_S
     recon: FitConfig = field(default_factory=FitConfig)
     dice_weight: float = 0.0  # unpublished: our choice (CE only)
+    # a folder shared by the worlds of one source (`bench_suite`): M_S, M_T' and the
+    # reconstruction network are cached there, keyed also by the content of the source data
+    # they train on, so a suite trains them once per seed for all its target worlds; "": the
+    # method's own folder. A location, not a setting: no stage key holds it
+    # (`engine.dense._NOT_IDENTITY`)
+    source_cache: str = ""
 
 
 def source_input(rgb: torch.Tensor, gray: bool) -> torch.Tensor:
@@ -66,14 +77,34 @@ def source_input(rgb: torch.Tensor, gray: bool) -> torch.Tensor:
     return luminance(rgb).unsqueeze(1)
 
 
+def source_fingerprint(data: TransferData) -> str:
+    """A content hash (sha256 of shapes, dtypes and bytes) of what the source-side stages
+    train on: the source images and labels, the synthetic windows, their labels and frames."""
+    h = hashlib.sha256()
+    for t in (data.source_rgb, data.source_label, data.synth_x, data.synth_label,
+              data.synth_gray):
+        h.update(f"{tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().numpy())
+    return h.hexdigest()[:16]
+
+
+def source_stage_dir(root: Path, name: str, data: TransferData, cfg: StageConfig,
+                     *key) -> Path:
+    """The folder of the source-side stage `name`: `root/name-<hash of key>`, or with
+    `cfg.source_cache` set `source_cache/name-<hash of key and source_fingerprint(data)>`."""
+    if not cfg.source_cache:
+        return stage_dir(root, name, *key)
+    return stage_dir(cfg.source_cache, name, *key, source_fingerprint(data))
+
+
 def train_source_model(data: TransferData, cfg: StageConfig, root: Path, seed: int, device,
                        progress: bool) -> tuple[nn.Module, float]:
     """M_S: the segmenter supervised on the labeled source images; (model, minutes)."""
     x = source_input(data.source_rgb, cfg.source_gray)
     model = create_model(cfg.segmenter, in_chans=x.shape[1], num_classes=data.num_classes,
                          seed=seed).to(device)
-    run = stage_dir(root, "M_S", cfg.segmenter, cfg.source_gray, cfg.source, cfg.dice_weight,
-                    seed)
+    run = source_stage_dir(root, "M_S", data, cfg, cfg.segmenter, cfg.source_gray, cfg.source,
+                           cfg.dice_weight, seed)
     minutes = train_segmenter(model, x, data.source_label, cfg.source, run_dir=run, seed=seed,
                               device=device, progress=progress, dice_weight=cfg.dice_weight)
     return model, minutes
@@ -85,8 +116,8 @@ def train_synthetic_model(m_s: nn.Module, data: TransferData, cfg: StageConfig, 
     model = create_model(cfg.segmenter, in_chans=data.synth_x.shape[1],
                          num_classes=data.num_classes, seed=seed).to(device)
     load_adapted(model, m_s.state_dict())
-    run = stage_dir(root, "M_T", cfg.segmenter, cfg.source_gray, cfg.source, cfg.synthetic,
-                    cfg.dice_weight, seed)
+    run = source_stage_dir(root, "M_T", data, cfg, cfg.segmenter, cfg.source_gray, cfg.source,
+                           cfg.synthetic, cfg.dice_weight, seed)
     minutes = train_segmenter(model, data.synth_x, data.synth_label, cfg.synthetic, run_dir=run,
                               seed=seed, device=device, progress=progress,
                               dice_weight=cfg.dice_weight)
@@ -137,7 +168,7 @@ def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed:
     model = reconstruction_network(cfg, channels // k).to(device)
     if cfg.recon_weights:
         return model, 0.0
-    run = stage_dir(root, "recon", *recon_key(cfg), seed)
+    run = source_stage_dir(root, "recon", data, cfg, *recon_key(cfg), seed)
     minutes = train_reconstructor(model, data.synth_x, data.synth_gray, cfg.recon, run_dir=run,
                                   seed=seed, device=device, progress=progress)
     return model, minutes

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evtransfer.data.dense_tasks import DenseTaskConfig, DenseTaskData, label_subset
+from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.pretrain_events import Group, PretrainDataConfig, ViewDataset
 from evtransfer.data.transfer import TransferData
 from evtransfer.engine.dense import (
@@ -612,7 +613,7 @@ def finetune_task(data: DenseTaskData, cfg: EcddpConfig, init: str | Path | None
     net = net.to(device)
     fit_cfg = {"segmentation": ft.segmentation, "flow": ft.flow, "depth": ft.depth}[task]
     run = stage_dir(root, f"ECDDP-{task}", cfg.pretrain.backbone, ft, init_key(init),
-                    fingerprint(data.train_y, data.test_y), seed)
+                    fingerprint(data.train_y, data.test_x), seed)
     labeled = TensorDict(x=data.train_x[idx], y=data.train_y[idx])
     common = {"run_dir": run, "seed": seed, "device": device, "progress": progress}
     if task == "segmentation":
@@ -625,8 +626,8 @@ def finetune_task(data: DenseTaskData, cfg: EcddpConfig, init: str | Path | None
         minutes = train_depth(net, labeled, fit_cfg, max_depth=ft.max_depth,
                               grad_weight=ft.depth_grad_weight, si_lambda=ft.depth_si_lambda,
                               **common)
-    scores = (evaluate_task(task, net, data.test_x, data.test_y, data.num_classes, ft, device)
-              if evaluate else {})
+    scores = (evaluate_task(task, net, data.test_x, data.test_y.read(EVALUATION),
+                            data.num_classes, ft, device) if evaluate else {})
     return {"scores": scores, "minutes": minutes, "labeled": len(idx), "loaded": loaded,
             "network": net}
 

@@ -87,7 +87,7 @@ def _make_dirs(folder: Path, label_dir: str, extra: tuple[str, ...] = ()) -> Non
 def build_source_sequence(cfg: WorldConfig, i: int, folder: Path, device, bar) -> None:
     """Labeled RGB video at source_fps with labels, depth and flow for every frame."""
     dom = cfg.source
-    scene, camera, light = sequence_setup(dom, cfg.seed, "source", i)
+    scene, camera, light = sequence_setup(dom, cfg.domain_seed("source"), "source", i)
     scene = scene.to(device)
     label_dir = "labels/{n}classes"
     _make_dirs(folder, label_dir)
@@ -106,7 +106,8 @@ def build_source_sequence(cfg: WorldConfig, i: int, folder: Path, device, bar) -
 def build_target_sequence(cfg: WorldConfig, dom: DomainConfig, name: str, i: int, folder: Path,
                           device, bar) -> None:
     """Event stream over the whole sequence, spike clips and ground truth at the label times."""
-    scene, camera, light = sequence_setup(dom, cfg.seed, name, i)
+    seed = cfg.domain_seed(name)
+    scene, camera, light = sequence_setup(dom, seed, name, i)
     scene = scene.to(device)
     label_dir = "semantic/{n}classes/data"
     _make_dirs(folder, label_dir, ("events/left", "spikes"))
@@ -118,7 +119,7 @@ def build_target_sequence(cfg: WorldConfig, dom: DomainConfig, name: str, i: int
     t_labels = np.rint(t_labels * 1e6).astype(np.int64)
     label_frame = {int(np.argmin(np.abs(t_render - t))): k for k, t in enumerate(t_labels)}
     t_labels = np.array([t_render[f] for f in sorted(label_frame)], dtype=np.int64)
-    dvs = DvsSimulator(replace(cfg.events.dvs, seed=_seed(cfg.seed, name, i, "dvs")), h, w, 1,
+    dvs = DvsSimulator(replace(cfg.events.dvs, seed=_seed(seed, name, i, "dvs")), h, w, 1,
                        device)
     spike_cfg = cfg.spikes.sim
     batch = 16
@@ -136,7 +137,7 @@ def build_target_sequence(cfg: WorldConfig, dom: DomainConfig, name: str, i: int
                 # the spike clip integrates the scene as it is at the label time (a clip of a
                 # few ms: the light is held constant over it)
                 clip = spikes_from_image(luma[j], cfg.spikes.frames, replace(
-                    spike_cfg, seed=_seed(cfg.seed, name, i, "spikes", k)), device=device)
+                    spike_cfg, seed=_seed(seed, name, i, "spikes", k)), device=device)
                 write_spike_dat(folder / "spikes" / f"{k:06d}.dat", clip)
             bar.update(len(ts))
     np.savetxt(folder / "semantic/timestamps.txt", t_labels, fmt="%d")
@@ -145,12 +146,22 @@ def build_target_sequence(cfg: WorldConfig, dom: DomainConfig, name: str, i: int
     (folder / "spikes/meta.json").write_text(json.dumps(meta, indent=1))
 
 
+def world_yaml(cfg: WorldConfig) -> str:
+    """The `world.yaml` text of `cfg`. An unset `target_seed` is left out, so every world
+    built before the field existed keeps its file byte for byte (data caches and benchmark
+    work folders are keyed by this text)."""
+    data = to_dict(cfg)
+    if cfg.target_seed is None:
+        del data["target_seed"]
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def build_world(cfg: WorldConfig, out: str | Path, *, device: str = "cpu",
                 progress: bool = True) -> Path:
     """Render and simulate every domain of `cfg` into `out` (resumable; see module docstring)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    resolved = world_yaml(cfg)
     config_file = out / "world.yaml"
     if config_file.exists() and config_file.read_text() != resolved:
         raise ValueError(f"{out} holds a world built from another config; use a new folder")
