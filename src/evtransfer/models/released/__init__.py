@@ -78,6 +78,8 @@ LAYOUTS: dict[str, tuple[str, str]] = {
                   "(unetrecurrent.*)}", "e2vid"),
     "ess": ("ESS utils/saver.py checkpoint {front_sensor_a, front_sensor_b, back_end, "
             "optimisers, epoch, step_count, batch_size_a, batch_size_b}", "ess"),
+    "evdistill": ("EvDistill state dict of modeling/deeplab.py DeepLab (backbone.*, aspp.*, "
+                  "decoder.*; optionally under module.)", "evdistill"),
     "ecddp": ("ECDDP pre-training checkpoint {'model': student.backbone.* / "
               "teacher.backbone.*, 'optimizer', 'current_epoch'}", "ecddp"),
     "bicross": ("BiCross trainer checkpoint {'model_state_dict': DPTDepthModel, "
@@ -90,6 +92,35 @@ _ESS_SPEC = ("code: uzh-rpg/ess config/settings_{DSEC,DDD17}.yaml:6-17 (20 windo
              "(EventPreprocessor on every window); DSEC/dataset/sequence.py:282 (bottom 40 "
              "rows); datasets/ddd17_events_loader.py:59-61,162-166 (260x346 -> 260x352, bottom "
              "60 rows); training/ess_trainer.py:60-70 (valid input 200x352)")
+
+_EVDISTILL = ("Wang, Chae, Yoon, Kim, Yoon, EvDistill: Asynchronous Events to End-task "
+              "Learning via Bidirectional Reconstruction-guided Cross-modal Knowledge "
+              "Distillation, CVPR 2021")
+_EVDISTILL_SPEC = ("code: addisonwang2013/evdistill event_aps_dataset_v2.py:23,67-81 (halves "
+                   "of the side-by-side PNG, bicubic to 256x512, ToTensor), evaluate.py:70-82 "
+                   "(one scale, no flip), configs/configurations.py:11,15-16 (6 classes; the "
+                   "ImageNet mean/std are not applied on the test path)")
+
+
+def _evdistill(name: str, file_name: str, dataset: str, teacher: bool, figure: str) -> Released:
+    what = "APS frame" if teacher else "event image (events pre-rendered as RGB by the authors)"
+    return Released(
+        name=name, paper=_EVDISTILL, file_name=file_name,
+        published="addisonwang2013/evdistill README 'Download the pretrained models' (a "
+                  "Google Drive folder; put under ./res/)",
+        layout="evdistill", model="deeplabv3plus_resnet101",
+        kwargs={"in_chans": 3, "num_classes": 6, "output_stride": 16},
+        key_map="backbone.* -> encoder.*, aspp/decoder renamed (models/released/evdistill.py "
+                "rules; a pure rename)",
+        expects=Expects(
+            representation=f"{what}, RGB in [0, 1]", window="pre-rendered in the release",
+            sensor=(346, 260), crop="the PNG half, resized bicubically to 256x512",
+            normalisation="none (ToTensor only)", size=(256, 512), source=_EVDISTILL_SPEC),
+        label_space="ddd17" if dataset == "DDD17" else "",
+        package={"modality": "images", "kind": "aps_frame" if teacher else "event_image",
+                 "sensor": (346, 260), "size": (256, 512)},
+        figure=figure)
+
 
 CATALOGUE: tuple[Released, ...] = (
     Released(
@@ -182,6 +213,15 @@ CATALOGUE: tuple[Released, ...] = (
                  "num_windows": 20, "window_events": 32_000, "sensor": (346, 260),
                  "crop_bottom": 60, "size": (200, 352), "resize": "bilinear"},
         figure="ESS UDA on DDD17: 87.86 Acc / 52.46 mIoU (paper Tab. 1, unverified)"),
+    _evdistill("evdistill-ddd17-student", "ddd17_event_ckpt.pth (configs/configurations.py: "
+               "eventdual_2ch_iter_28000_event_0.58_best.pth)", "DDD17", False,
+               "EvDistill on DDD17 test: 58.02 mIoU (nanmean, paper Tab. 1)"),
+    _evdistill("evdistill-ddd17-teacher", "ddd17_aps_ckpt.pth", "DDD17", True,
+               "the APS teacher's mIoU printed by test_evdistill.py (not in the paper)"),
+    _evdistill("evdistill-mvsec-student", "MVSEC event checkpoint (file name unverified)",
+               "MVSEC", False, "EvDistill on MVSEC (paper Tab. 2)"),
+    _evdistill("evdistill-mvsec-teacher", "MVSEC APS checkpoint (file name unverified)",
+               "MVSEC", True, "the APS teacher on MVSEC (not in the paper)"),
     Released(
         name="ecddp-swin-t",
         paper="Yang, Pan, Liu, Event Camera Data Dense Pre-training, ECCV 2024 (ECDDP)",
@@ -262,6 +302,14 @@ def _tensor_dict(obj: object) -> bool:
                                                           for v in obj.values())
 
 
+def _unwrapped(obj: Mapping) -> Mapping | None:
+    """The state dict of tensors in `obj` or under its state_dict / model / module entry."""
+    for inner in (obj, *(obj.get(k) for k in ("state_dict", "model", "module"))):
+        if _tensor_dict(inner):
+            return inner
+    return None
+
+
 def layout_of(obj: object) -> str | None:
     """The `LAYOUTS` name of a checkpoint object (`read_released`), or None."""
     from evtransfer.models.released.e2vid import is_e2vid_layout
@@ -274,6 +322,10 @@ def layout_of(obj: object) -> str | None:
         return "ess"
     if isinstance(obj.get("model_state_dict"), Mapping):
         return "bicross"
+    state = _unwrapped(obj)
+    if state is not None and {str(k).removeprefix("module.").split(".")[0] for k in state} >= {
+            "backbone", "aspp", "decoder"}:
+        return "evdistill"
     model = obj.get("model")
     if isinstance(model, Mapping) and any(str(k).startswith(("student.backbone.",
                                                              "teacher.backbone."))
@@ -357,7 +409,21 @@ def _load_dpt(item: Released, path: Path) -> Loaded:
     return Loaded(network.eval(), dict(item.kwargs), len(state))
 
 
-_LOADERS = {"rpg_e2vid": _load_e2vid, "ess": _load_ess, "ecddp": _load_ecddp,
+def _load_evdistill(item: Released, path: Path) -> Loaded:
+    from evtransfer.models.released.evdistill import load_evdistill
+
+    network = load_evdistill(path, item.kwargs["num_classes"])
+    state = network.state_dict()
+    kwargs = {**item.kwargs, "in_chans": int(state["encoder.conv1.weight"].shape[1])}
+    for key, arg in (("recon.up.4.weight", "recon_channels"),
+                     ("affinity.0.weight", "affinity_channels")):
+        if key in state:  # a training-time DeepLab_Dual file keeps its extra heads
+            kwargs[arg] = int(state[key].shape[0])
+    return Loaded(network, kwargs, len(state))
+
+
+_LOADERS = {"rpg_e2vid": _load_e2vid, "ess": _load_ess, "evdistill": _load_evdistill,
+            "ecddp": _load_ecddp,
             "bicross": _load_dpt, "dpt": _load_dpt}
 
 
