@@ -12,13 +12,17 @@ must be identical except at float near-ties of the reference's logits (top-2 mar
 pixels in a thousand), and the confusion matrix must be ESS's metric code applied to them (ESS's
 own matrix when nothing flipped).
 
-Stubbed here because they do not import in this environment: torchvision (the image
+The same for EvDistill's released teacher and student: MscEval (evaluate.py) with its
+EventAPS_Dataset on a test split in its released layout, against `evtransfer evaluate` on the
+converted packages.
+
+Stubbed for ESS because they do not import in this environment: torchvision (the image
 encoder's `torchvision.models.resnet18`, stood in for by a torchvision-layout ResNet-18;
-`transforms` is used only for augmentation), albumentations (augmentation pipelines the DDD17 loader builds but never applies at
-evaluation),
-and e2vid/utils/timers.py's `CudaTimer` (it creates CUDA events, which a CPU-only torch
-refuses; a no-op timer takes its place). The DDD17 loader calls `np.int`, removed in NumPy
-1.24: the test restores it as `int`.
+`transforms` is used only for augmentation), albumentations (augmentation pipelines the DDD17
+loader builds but never applies at evaluation), and e2vid/utils/timers.py's `CudaTimer` (it
+creates CUDA events, which a CPU-only torch refuses; a no-op timer takes its place). The DDD17
+loader calls `np.int`, removed in NumPy 1.24: the test restores it as `int`. EvDistill's
+stubs are listed at `_evdistill_stubs`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from evtransfer.cli import main
@@ -308,3 +313,117 @@ def test_ess_ddd17_checkpoint_evaluates_as_ess_code(tmp_path, monkeypatch):
     order = sorted(range(len(numbers)), key=numbers.__getitem__)  # ours: by image number
     _check(got, result, Reference(*([getattr(want, f)[i] for i in order]
                                     for f in ("preds", "ties", "labels")), want.confusion), 6)
+
+
+# --- EvDistill on its released DDD17 test layout ----------------------------------------------
+EVDISTILL = "addisonwang2013+evdistill"
+
+
+def _evdistill_stubs() -> dict:
+    """evaluate.py imports `logger` and `transform_event` (absent from the repository) and
+    `models.deeplabv3plus` (needs torchvision and InPlaceABNSync; MscEval does not use it);
+    event_aps_dataset_v2.py takes torchvision's ToTensor (stood in for by what it does to an
+    8-bit RGB PIL image); modeling/backbone imports the absent `xception_new`. The
+    reference's `models/` folder has no __init__.py, so its name is pinned to the folder."""
+    def to_tensor(img):
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    transforms = stub_module("torchvision.transforms", ToTensor=lambda: to_tensor,
+                             Compose=lambda fs: fs[0])
+    folder = Path(__file__).resolve().parents[2] / ".." / "shared" / "refs" / EVDISTILL
+    return {"torchvision": stub_module("torchvision", transforms=transforms),
+            "torchvision.transforms": transforms, "logger": stub_module("logger"),
+            "transform_event": stub_module("transform_event"),
+            "models": stub_module("models", __path__=[str(folder.resolve() / "models")]),
+            "models.deeplabv3plus": stub_module("models.deeplabv3plus", Deeplab_v3plus=None),
+            "modeling.backbone.xception_new": stub_module("modeling.backbone.xception_new")}
+
+
+class _Numpy:
+    """numpy for the reference's evaluate.py, recording what its `argmax` and `bincount`
+    return (MscEval keeps its predictions and confusion matrix local)."""
+
+    def __init__(self) -> None:
+        self.recorded = {"argmax": [], "bincount": []}
+        self.probs = []
+
+    def __getattr__(self, name: str):
+        fn = getattr(np, name)
+        if name not in ("argmax", "bincount"):
+            return fn
+
+        def recorded(x, *args, **kwargs):
+            out = fn(x, *args, **kwargs)
+            if name == "argmax":
+                self.probs.append(np.array(x))
+            self.recorded[name].append(out)
+            return out
+
+        return recorded
+
+
+def _bn_random(net: nn.Module, seed: int) -> nn.Module:
+    """Random BatchNorm statistics and affines; the convs keep the reference's init."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(n, generator=gen))
+    return net.eval()
+
+
+@pytest.mark.slow  # DeepLabV3+ R101 at 256 × 512: four passes (two networks, two sides)
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")
+def test_evdistill_checkpoints_evaluate_as_evdistill_code(tmp_path, monkeypatch):
+    """The released teacher (APS) and student (events) layouts, randomly initialised, scored
+    by MscEval (evaluate.py) with its EventAPS_Dataset and by `evtransfer evaluate` on the
+    converted packages: the same label maps (but float near-ties) and confusion matrices.
+    MscEval names files by the text between the first two dots of each path, so the data
+    folder is given './'-relative."""
+    deeplab = import_ref(EVDISTILL, "modeling.deeplab", stubs=_evdistill_stubs())
+    resnet = deeplab.build_backbone.__globals__["resnet"]
+    monkeypatch.setattr(ref_attr(resnet, "ResNet"), "_load_pretrained_model",
+                        lambda self: None)  # the reference downloads ImageNet weights
+    nets = {}
+    for k, name in enumerate(("student", "teacher")):
+        torch.manual_seed(k)
+        nets[name] = _bn_random(ref_attr(deeplab, "DeepLab")(backbone="resnet", num_classes=6),
+                                k + 1)
+        torch.save(nets[name].state_dict(), tmp_path / f"ddd17_{name}.pth")
+    rng = np.random.default_rng(0)
+    root = tmp_path / "ddd17"
+    for sub in ("images", "labels"):
+        (root / sub / "test").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (260, 692, 3), dtype=np.uint8)).save(
+        root / "images" / "test" / "f0.png")
+    label = rng.integers(0, 6, (260, 346), dtype=np.uint8)
+    label[:20] = 255
+    write_label_png(root / "labels" / "test" / "f0.png", label)
+
+    evaluate = import_ref(EVDISTILL, "evaluate", stubs=_evdistill_stubs())
+    recorder = _Numpy()
+    monkeypatch.setattr(evaluate, "np", recorder)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cfg = argparse.Namespace(data_path_test="./ddd17/", eval_batchsize=1, eval_n_workers=0,
+                             n_classes=6, ignore_label=255, eval_scales=[1], eval_flip=False)
+    with torch.no_grad():
+        ref_attr(evaluate, "MscEval")(cfg)(nets["student"], nets["teacher"])
+    # per batch MscEval takes argmax and bincount of the student (events), then the teacher
+    for k, name in enumerate(("student", "teacher")):
+        probs = recorder.probs[k]
+        top2 = -np.sort(-probs, axis=1)[:, :2]
+        want = Reference([torch.from_numpy(recorder.recorded["argmax"][k][0])],
+                         [torch.from_numpy(top2[0, 0] - top2[0, 1] < 1e-5)],
+                         [torch.from_numpy(np.asarray(Image.fromarray(label).resize(
+                             (512, 256), Image.NEAREST), dtype=np.int64))],
+                         torch.from_numpy(recorder.recorded["bincount"][k].reshape(6, 6)))
+        got, result = _ours(monkeypatch, tmp_path, tmp_path / f"ddd17_{name}.pth",
+                            f"evdistill-ddd17-{name}", "ddd17", root, 1)
+        assert result["split"] == "test" and result["protocol"]["miou"].startswith("nanmean")
+        _check(got, result, want, 6)
