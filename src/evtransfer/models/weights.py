@@ -463,11 +463,28 @@ def encoder_init(path: str | Path) -> Iterator[EncoderInit]:
         _ENCODER_INIT.reset(token)
 
 
+def _input_conv(shapes: tuple[Shape, Shape]) -> bool:
+    """Whether a (checkpoint, model) shape pair differs only in a conv's input channels."""
+    src, dst = shapes
+    return len(src) == len(dst) == 4 and src[0] == dst[0] and src[2:] == dst[2:]
+
+
 def apply_encoder_init(name: str, model: nn.Module) -> None:
     """Load the active `encoder_init` checkpoint into `model` if it has an encoder (called by
-    `create_model`); models without any matching tensor are reported and left untouched."""
+    `create_model`). Every tensor of the encoder must load, but for an input conv built for
+    other channels: a checkpoint that gives the encoder 0 tensors (another architecture) or
+    fewer than it needs is a ValueError naming the file and the first tensors left out,
+    never a model trained from its random initialisation."""
     scope = _ENCODER_INIT.get()
     if scope is None or not hasattr(model, "feature_channels"):
         return
     report = load_encoder_init(model, scope.path)
     scope.reports.append((name, report))
+    left = list(report.missing) + [k for k, *shapes in report.mismatched
+                                   if not _input_conv(tuple(shapes))]
+    if left:
+        total = len(report.loaded) + len(left)
+        raise ValueError(f"{scope.path}: --init loads {len(report.loaded)} of the {total} "
+                         f"tensors of {name}'s encoder; not loaded: {', '.join(left[:5])}"
+                         f"{' …' if len(left) > 5 else ''} (the checkpoint holds another "
+                         f"architecture, first keys: {', '.join(report.unexpected[:3])})")
