@@ -486,5 +486,7 @@ def apply_encoder_init(name: str, model: nn.Module) -> None:
         total = len(report.loaded) + len(left)
         raise ValueError(f"{scope.path}: --init loads {len(report.loaded)} of the {total} "
                          f"tensors of {name}'s encoder; not loaded: {', '.join(left[:5])}"
-                         f"{' …' if len(left) > 5 else ''} (the checkpoint holds another "
-                         f"architecture, first keys: {', '.join(report.unexpected[:3])})")
+                         f"{' …' if len(left) > 5 else ''} ("
+                         + (f"the checkpoint holds another architecture, first keys: "
+                            f"{', '.join(report.unexpected[:3])})" if report.unexpected
+                            else "the checkpoint lacks them)"))
