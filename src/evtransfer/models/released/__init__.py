@@ -188,7 +188,8 @@ CATALOGUE: tuple[Released, ...] = (
         package={"modality": "events", "kind": "voxel", "bins": 5, "normalize": False,
                  "num_windows": 20, "window_events": 100_000, "sensor": (640, 480),
                  "crop_bottom": 40, "size": (440, 640), "resize": "bilinear"},
-        figure="ESS UDA on DSEC-Semantic: 84.17 Acc / 45.38 mIoU (paper Tab. 2, unverified)"),
+        figure="ESS UDA on DSEC-Semantic: 84.17 Acc / 45.38 mIoU (the ESS paper; "
+               "unverified, see docs/weights.md)"),
     Released(
         name="ess-ddd17",
         paper="Sun, Messikommer, Gehrig, Scaramuzza, ESS: Learning Event-based Semantic "
@@ -212,14 +213,17 @@ CATALOGUE: tuple[Released, ...] = (
         package={"modality": "events", "kind": "voxel", "bins": 5, "normalize": False,
                  "num_windows": 20, "window_events": 32_000, "sensor": (346, 260),
                  "crop_bottom": 60, "size": (200, 352), "resize": "bilinear"},
-        figure="ESS UDA on DDD17: 87.86 Acc / 52.46 mIoU (paper Tab. 1, unverified)"),
+        figure="ESS UDA on DDD17: 87.86 Acc / 52.46 mIoU (the ESS paper; "
+               "unverified, see docs/weights.md)"),
     _evdistill("evdistill-ddd17-student", "ddd17_event_ckpt.pth (configs/configurations.py: "
                "eventdual_2ch_iter_28000_event_0.58_best.pth)", "DDD17", False,
-               "EvDistill on DDD17 test: 58.02 mIoU (nanmean, paper Tab. 1)"),
+               "EvDistill on DDD17 test: 58.02 mIoU (nanmean; the paper as listed in a public "
+               "benchmark summary, consistent with the file's '0.58')"),
     _evdistill("evdistill-ddd17-teacher", "ddd17_aps_ckpt.pth", "DDD17", True,
                "the APS teacher's mIoU printed by test_evdistill.py (not in the paper)"),
     _evdistill("evdistill-mvsec-student", "MVSEC event checkpoint (file name unverified)",
-               "MVSEC", False, "EvDistill on MVSEC (paper Tab. 2)"),
+               "MVSEC", False, "EvDistill on MVSEC (take the number from the paper: "
+               "unverified here)"),
     _evdistill("evdistill-mvsec-teacher", "MVSEC APS checkpoint (file name unverified)",
                "MVSEC", True, "the APS teacher on MVSEC (not in the paper)"),
     Released(
