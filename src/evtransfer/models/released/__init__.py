@@ -251,7 +251,8 @@ CATALOGUE: tuple[Released, ...] = (
         published="Theia-4869/BiCross README (checkpoints/… paths in visualization_config.json)",
         layout="bicross", model="dpt_hybrid",
         # code: Theia-4869/BiCross DPT/models.py (inverse depth x -> 1 / max(s x + t, 1e-8),
-        # s 6.016e-5, t 0.00579 outdoors; the spike stem's StdConv2dSame eps 1e-6)
+        # s 6.016e-5, t 0.00579 outdoors); BiCross/Trainer_crossmodality.py:73 (the spike
+        # stem, timm's StdConv2dSame: eps 1e-6 as BicrossConfig.spike_stem_eps)
         kwargs={"in_chans": 128, "depth_mode": "inverse_affine", "scale": 6.016e-5,
                 "shift": 0.00579, "stem_eps": 1e-6},
         key_map="timm vit_base_resnet50_384 + DPT scratch names -> DPTDepth "
