@@ -469,6 +469,24 @@ def _input_conv(shapes: tuple[Shape, Shape]) -> bool:
     return len(src) == len(dst) == 4 and src[0] == dst[0] and src[2:] == dst[2:]
 
 
+def require_encoder_filled(report: LoadReport, what: str, drop: tuple[str, ...] = ()) -> None:
+    """Raise ValueError (naming the file, `what` and the first tensors left out) unless
+    `report` (of `load_encoder_init`) filled every tensor of the encoder but input convs
+    built for other channels and keys containing one of `drop` (left out on purpose): a
+    checkpoint of another architecture (0 tensors) or a partial one must not silently leave
+    a network at its random initialisation."""
+    left = [k for k in report.missing if not any(d in k for d in drop)]
+    left += [k for k, *shapes in report.mismatched if not _input_conv(tuple(shapes))]
+    if left:
+        total = len(report.loaded) + len(left)
+        why = (f"the checkpoint holds another architecture, first keys: "
+               f"{', '.join(report.unexpected[:3])}" if report.unexpected
+               else "the checkpoint lacks them")
+        raise ValueError(f"{report.path}: {what} loads {len(report.loaded)} of the {total} "
+                         f"tensors it needs; not loaded: {', '.join(left[:5])}"
+                         f"{' …' if len(left) > 5 else ''} ({why})")
+
+
 def apply_encoder_init(name: str, model: nn.Module) -> None:
     """Load the active `encoder_init` checkpoint into `model` if it has an encoder (called by
     `create_model`). Every tensor of the encoder must load, but for an input conv built for
@@ -480,13 +498,4 @@ def apply_encoder_init(name: str, model: nn.Module) -> None:
         return
     report = load_encoder_init(model, scope.path)
     scope.reports.append((name, report))
-    left = list(report.missing) + [k for k, *shapes in report.mismatched
-                                   if not _input_conv(tuple(shapes))]
-    if left:
-        total = len(report.loaded) + len(left)
-        raise ValueError(f"{scope.path}: --init loads {len(report.loaded)} of the {total} "
-                         f"tensors of {name}'s encoder; not loaded: {', '.join(left[:5])}"
-                         f"{' …' if len(left) > 5 else ''} ("
-                         + (f"the checkpoint holds another architecture, first keys: "
-                            f"{', '.join(report.unexpected[:3])})" if report.unexpected
-                            else "the checkpoint lacks them)"))
+    require_encoder_filled(report, f"--init into {name}'s encoder")
