@@ -104,3 +104,14 @@ def test_init_that_does_not_fill_the_encoder_is_an_error(tmp_path):
     partial = r"part.safetensors: --init into .* loads \d+ of the \d+ .*not loaded: .*lacks"
     with encoder_init(part), pytest.raises(ValueError, match=partial):
         create_model("segformer_b0", in_chans=2, num_classes=3)
+
+
+def test_image_input_spec_of_evdistill_packages():
+    """EvDistill's packages take a half of its released PNGs (3 channels, no window)."""
+    spec = InputSpec(modality="images", kind="event_image", sensor=(346, 260), size=(256, 512))
+    assert spec.channels() == 3 and "event image" in spec.window_text()
+    assert InputSpec(**{**entry("evdistill-ddd17-teacher").package}).kind == "aps_frame"
+    with pytest.raises(ValueError, match="image kind must be one of"):
+        InputSpec(modality="images", kind="voxel", sensor=(346, 260), size=(256, 512))
+    with pytest.raises(ValueError, match="'events', 'spikes' or 'images'"):
+        InputSpec(modality="frames", sensor=(346, 260), size=(256, 512))
