@@ -36,7 +36,7 @@ def add(sub) -> None:
 def _run_list(args) -> int:
     from dataclasses import asdict
 
-    from evtransfer.models.released import CATALOGUE
+    from evtransfer.models.released import CATALOGUE, LAYOUTS
 
     for item in CATALOGUE:
         if args.json:
@@ -45,7 +45,9 @@ def _run_list(args) -> int:
         e = item.expects
         print(f"{item.name}  ({item.task}; converts to a {item.product} for {item.used_by})")
         rows = [("paper", item.paper), ("file", item.file_name), ("published", item.published),
-                ("layout", item.layout), ("ours", f"{item.model} {dict(item.kwargs)}"),
+                ("layout", f"{item.layout}: {LAYOUTS[item.layout][0]} (read by "
+                           f"models/released/{LAYOUTS[item.layout][1]}.py)"),
+                ("ours", f"{item.model} {dict(item.kwargs)}"),
                 ("key map", item.key_map)]
         if e is not None:
             rows += [("input", f"{e.representation}; {e.window}"),
