@@ -295,6 +295,7 @@ def _ddd17_root(root: Path) -> None:
             write_label_png(png, gen.integers(0, 6, (200, 346)).astype(np.uint8))
 
 
+@pytest.mark.slow  # two samples of 20 E2VID passes at 200 × 352 a side: about 35 s on a core
 def test_ess_ddd17_checkpoint_evaluates_as_ess_code(tmp_path, monkeypatch):
     """Two samples of 20 windows at 200 × 352 in one batch (E2VID's input normalisation
     pooled over it, as ESS's validation; ESS lists the masks in glob order, so predictions
