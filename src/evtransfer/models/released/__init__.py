@@ -236,11 +236,18 @@ CATALOGUE: tuple[Released, ...] = (
         key_map="student.backbone.* -> encoder.* (Swin) and fusion.fpns.*; "
                 "relative_position_index buffers recomputed",
         expects=Expects(
-            representation="6-bin voxel grid, polarities summed (no_event_polarity)",
-            window="pre-training crops of the event stream", sensor=(0, 0),
-            crop="random crops (pre-training)", normalisation="none",
-            size=(0, 0), source="code: Yan98/Event-Camera-Data-Dense-Pre-training "
-                                "config/pretrain/swin_small.yml; README.md:47"),
+            representation="pre-training: 6-bin voxel grid, polarities summed "
+                           "(no_event_polarity); DSEC fine-tuning: 20-channel (10 x 2) "
+                           "histograms, the patch embedding re-initialised (keep_patch_keys "
+                           "false)",
+            window="pre-training: random 320x320 crops of E-TartanAir windows; DSEC "
+                   "fine-tuning: the last 10 x 50 000 events before a label",
+            sensor=(640, 480), crop="DSEC fine-tuning: bottom 40 rows cut, then resized "
+                                    "bilinearly to 448x640",
+            normalisation="none", size=(0, 0),
+            source="code: Yan98/Event-Camera-Data-Dense-Pre-training "
+                   "config/pretrain/swin_small.yml:9-13, config/seg/swin_small.yml:7-14,26,48, "
+                   "data/DESC_dataset.py; README.md:47"),
         product="encoder", task="pre-training", used_by="evtransfer train --init",
         figure="fine-tuned on DSEC-Semantic: 61.25 mIoU (paper Tab. 1; a user got < 60)"),
     Released(
