@@ -63,7 +63,7 @@ def write_workload(folder: Path, seconds: float, rate: float, seed: int) -> tupl
     return h5, package
 
 
-def check(h5: Path, package: Path, out: Path) -> float:
+def check(h5: Path, package: Path, out: Path, device: str = "cpu") -> float:
     """Share of pixels where predict's first label PNG equals the independent path."""
     import torch
     import torch.nn.functional as F
@@ -74,15 +74,15 @@ def check(h5: Path, package: Path, out: Path) -> float:
     from evtransfer.io.images import read_label_png
     from evtransfer.represent import normalize_nonzero, voxel_grid
 
-    model = load_model(package)
+    model = load_model(package, device=device)
     predict_recording(model, h5, out, PredictOptions(limit=1, progress=False))
     got = read_label_png(out / "labels" / "000000.png")
     reader = DsecEventsReader(h5)
     t0 = reader.info().t_start_us
     x = normalize_nonzero(voxel_grid(reader.read_window(t0, t0 + WINDOW_US), 5))
-    x = x[..., : HEIGHT - CROP, :]
+    x = x[..., : HEIGHT - CROP, :].to(device)
     with torch.no_grad():
-        logits = model.network(x)
+        logits = model.network(x).cpu()
     want = F.interpolate(logits, size=x.shape[-2:], mode="bilinear",
                          align_corners=False).argmax(1)[0].numpy()
     return float((got[: HEIGHT - CROP] == want).mean())
@@ -96,15 +96,17 @@ def worker(args) -> dict:
     from evtransfer.inference.stream import PredictOptions, predict_recording
 
     folder = Path(args.dir)
-    model = load_model(folder / "model.safetensors")
+    model = load_model(folder / "model.safetensors", device=args.device)
     predict_recording(model, folder / "events.h5", folder / "warmup",
                       PredictOptions(limit=1, progress=False))  # numba compile, allocator
     if args.worker == "model":
-        x = torch.randn(args.batch, 5, HEIGHT - CROP, WIDTH)
+        x = torch.randn(args.batch, 5, HEIGHT - CROP, WIDTH, device=args.device)
         runs = -(-args.windows // args.batch)
         start = time.perf_counter()
         for _ in range(runs):
             model.forward(x, (HEIGHT - CROP, WIDTH), logits=True)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds = {"total": time.perf_counter() - start}
     else:
         opts = PredictOptions(limit=args.windows, batch=args.batch, progress=False)
@@ -116,7 +118,7 @@ def worker(args) -> dict:
 
 def spawn(args, variant: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", variant, "--dir", args.dir,
-           "--windows", str(args.windows), "--batch", str(args.batch)]
+           "--windows", str(args.windows), "--batch", str(args.batch), "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -129,6 +131,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -138,7 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         args.dir = tmp
         h5, package = write_workload(Path(tmp), args.seconds, args.rate, args.seed)
-        agree = check(h5, package, Path(tmp) / "check")
+        agree = check(h5, package, Path(tmp) / "check", args.device)
         if agree < 0.999:
             raise SystemExit(f"predict disagrees with the independent path on "
                              f"{100 * (1 - agree):.2f} % of the pixels")
@@ -151,7 +154,7 @@ def main() -> None:
     result = {
         "benchmark": "predict", "input": "DSEC-format events.h5, 640x480 → 440x640",
         "events_per_window": int(args.rate * WINDOW_US / 1e6), "windows": args.windows,
-        "batch": args.batch, "threads": runs["predict"][0]["threads"], "device": "cpu",
+        "batch": args.batch, "threads": runs["predict"][0]["threads"], "device": args.device,
         "check_pixel_agreement": agree,
         "predict_windows_per_s": args.windows / total["predict"],
         "model_windows_per_s": model_windows / total["model"],

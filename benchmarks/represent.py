@@ -169,7 +169,7 @@ def cuda_report(args, results: dict) -> dict | None:
     """Device name and the fraction of the bandwidth bound reached on the GPU, if any."""
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or "voxel_cuda" not in results:
         return None
     block = torch.empty(2**28, dtype=torch.float32, device="cuda")  # 1 GiB
     copy = torch.empty_like(block)
@@ -201,6 +201,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1,
                         help="fresh processes per variant; the median is over all their runs")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="cuda: also time ours on the GPU (an error without one); auto: "
+                             "when one is present (default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,7 +219,9 @@ def main() -> None:
 
     variants = ["memcpy", "voxel", "voxel_torch", "hist", "hist_torch", "tonic_voxel",
                 "tonic_hist"]
-    if torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch build or machine has no CUDA")
+    if args.device != "cpu" and torch.cuda.is_available():
         variants += ["voxel_cuda", "hist_cuda"]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)

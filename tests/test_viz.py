@@ -128,3 +128,19 @@ def test_import_selects_no_matplotlib_backend():
     code = "import sys, evtransfer.viz; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_panel_legend_draws_each_class_swatch(tmp_path):
+    """A legend band under the panel: one swatch of each palette colour (issue 21)."""
+    palette = np.array([[255, 0, 0], [0, 128, 0], [0, 0, 255]], np.uint8)
+    image = np.zeros((20, 300, 3), np.uint8)
+    plain = save_panel([image], ["x"], tmp_path / "a.png")
+    with_key = save_panel([image], ["x"], tmp_path / "b.png",
+                          legend=(("red", "green", "blue"), palette))
+    a, b = np.asarray(Image.open(plain))[..., :3], np.asarray(Image.open(with_key))[..., :3]
+    assert b.shape[0] == a.shape[0] + 14 and b.shape[1] == a.shape[1]
+    band = b[a.shape[0]:].reshape(-1, 3)
+    for rgb in palette:
+        assert (np.abs(band.astype(int) - rgb).sum(1) < 10).sum() >= 50  # a 10x10 swatch
+    with pytest.raises(ValueError, match="one name per"):
+        save_panel([image], ["x"], tmp_path / "c.png", legend=(("red",), palette))

@@ -72,6 +72,48 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+QUICK_STEPS = 150  # unpublished: our choice (`--quick`: about 2 minutes of the demo on a CPU)
+
+
+def with_steps(cfg: T, steps: int) -> T:
+    """`cfg` with every training budget set to `steps` iterations: each nested dataclass's
+    `steps` and `max_steps` (a `steps` of 0 means "skip" and stays 0); a `warmup_steps` keeps
+    its share of the `steps` beside it, else is clipped to the budget. For short runs
+    (`--steps`, `--quick`)."""
+    if steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
+        return cfg
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "steps" and isinstance(value, int) and value > 0:
+            changes[f.name] = steps
+        elif f.name == "max_steps" and isinstance(value, int):
+            changes[f.name] = steps
+        elif f.name == "warmup_steps" and isinstance(value, int):
+            own = getattr(cfg, "steps", 0)  # the same share of a budget beside it
+            share = round(value * steps / own) if isinstance(own, int) and own > 0 else value
+            changes[f.name] = min(share, steps)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[f.name] = with_steps(value, steps)
+        elif isinstance(value, dict) and any(dataclasses.is_dataclass(v) for v in value.values()):
+            changes[f.name] = {k: with_steps(v, steps) for k, v in value.items()}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two `to_dict` configs."""
+    keys = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
 def to_dict(cfg: Any) -> Any:
     """A dataclass config as plain YAML/JSON-ready data (tuples become lists, Paths strings)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
@@ -161,7 +203,8 @@ def _apply_override(cls: type, data: dict[str, Any], item: str) -> None:
         if dataclasses.is_dataclass(tp):
             hints = _hints(tp)
             if part not in hints:
-                raise ConfigError(f"--set {item!r}: unknown key {dotted!r}")
+                raise ConfigError(f"--set {item!r}: unknown key {dotted!r}; "
+                                  f"{_nearby(part, hints, '.'.join(parts[:i]))}")
             tp = _strip_optional(hints[part])
         elif typing.get_origin(tp) is dict:
             tp = typing.get_args(tp)[1] if typing.get_args(tp) else Any
@@ -175,6 +218,18 @@ def _apply_override(cls: type, data: dict[str, Any], item: str) -> None:
                 child = {}
                 node[part] = child
             node = child
+
+
+def _nearby(key: str, valid: Mapping[str, Any], parent: str) -> str:
+    """"did you mean …" for the closest valid keys, and the valid keys at that level."""
+    import difflib
+
+    where = f"{parent}." if parent else ""
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.6)
+    names = sorted(valid)
+    shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+    guess = f"did you mean {' or '.join(repr(where + c) for c in close)}? " if close else ""
+    return f"{guess}valid keys {'under ' + repr(parent) if parent else 'at the top'}: {shown}"
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -200,7 +255,8 @@ def _build(cls: type, data: Any, prefix: str, where: str) -> Any:
     hints = _hints(cls)
     for key in data:
         if key not in hints:
-            raise ConfigError(f"{where}: unknown key {prefix + str(key)!r}")
+            raise ConfigError(f"{where}: unknown key {prefix + str(key)!r}; "
+                              f"{_nearby(str(key), hints, prefix.rstrip('.'))}")
     kwargs = {}
     for field in dataclasses.fields(cls):
         if not field.init:

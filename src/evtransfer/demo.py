@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from evtransfer.bench import TransferBenchConfig, run_transfer
+from evtransfer.config import QUICK_STEPS
 from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.transfer import load_transfer_data
 from evtransfer.engine.dense import FitConfig
+from evtransfer.engine.package import CLASS_NAMES
 from evtransfer.engine.transfer import StageConfig
 from evtransfer.viz import DSEC11_PALETTE, colorize_events, colorize_labels, save_panel
 from evtransfer.world.build import build_world
@@ -38,6 +40,11 @@ def demo_config(steps: int) -> TransferBenchConfig:
     return cfg
 
 
+def demo_steps(quick: bool = False, steps: int | None = None) -> int:
+    """Iterations per training run: `steps`, else 400 (`QUICK_STEPS`, 150, with `quick`)."""
+    return steps or (QUICK_STEPS if quick else 400)
+
+
 def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str = "cpu",
              world: str | Path | None = None, world_preset: str = "small",
              steps: int | None = None) -> dict:
@@ -49,7 +56,7 @@ def run_demo(out: str | Path = "demo_out", *, quick: bool = False, device: str =
     world = Path(world) if world is not None else out / "world"
     print(f"[1/3] embedded world ({world_preset} preset) in {world}")
     build_world(preset(world_preset), world, device=device)
-    steps = steps or (150 if quick else 400)
+    steps = demo_steps(quick, steps)
     print(f"[2/3] training {', '.join(METHODS)} ({steps} steps per run)")
     cfg = demo_config(steps)
     summary, runs = run_transfer(world, METHODS, [0], out / "bench", cfg, device=device)
@@ -84,4 +91,4 @@ def _figure(world: Path, cfg: TransferBenchConfig, runs: dict, path: Path) -> No
                    colorize_labels(preds["source_only"][row], DSEC11_PALETTE),
                    colorize_labels(preds[best][row], DSEC11_PALETTE)]
         titles += ["scene (not seen)", "events", "ground truth", "source-only", best]
-    save_panel(images, titles, path, ncols=5)
+    save_panel(images, titles, path, ncols=5, legend=(CLASS_NAMES["dsec11"], DSEC11_PALETTE))

@@ -139,6 +139,15 @@ def colorize_events(events, background: str = "white", scale: float | None = Non
     return np.rint(bg * (1 - w) + colour * w).astype(np.uint8)
 
 
+def stretch_contrast(image, percentile: float = 99.5) -> np.ndarray:
+    """A non-negative float image scaled so its `percentile` maps to 1 (clipped to [0, 1]):
+    sparse spike textures (TFP) become visible. An all-zero image stays zero."""
+    img = _host("image", image).astype(np.float64)
+    top = float(np.percentile(img, percentile)) if img.size else 0.0
+    top = top if top > 0 else float(img.max(initial=0.0))
+    return np.clip(img / top, 0.0, 1.0) if top > 0 else np.zeros_like(img)
+
+
 def _color_wheel() -> np.ndarray:
     """(55, 3) float colours of the Middlebury wheel, in [0, 1]."""
     parts = [np.asarray(a, float) + (np.asarray(b, float) - np.asarray(a, float))
@@ -189,13 +198,16 @@ def _panel_image(i: int, image) -> np.ndarray:
 
 
 def save_panel(images: Sequence, titles: Sequence[str], path: str | Path,
-               ncols: int | None = None, title_px: int = 18) -> Path:
+               ncols: int | None = None, title_px: int = 18,
+               legend: tuple[Sequence[str], np.ndarray] | None = None) -> Path:
     """Write images as one PNG grid, each at its native pixel size under its title.
 
     `images`: (H, W, 3) uint8 RGB or (H, W) uint8 grey arrays; `titles`: one string each.
     Cells are max(W) wide and max(H) + `title_px` tall (no title band when every title is
     empty), `ncols` defaults to min(n, 4), so the PNG is exactly ncols·cell_w × nrows·cell_h
-    pixels. Parent folders are created. Returns the path written.
+    pixels, plus a band below for `legend`, (class names, (K, 3) uint8 palette): a swatch and
+    a name per class (the figure is then at least 96 px wide).
+    Parent folders are created. Returns the path written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -215,7 +227,11 @@ def save_panel(images: Sequence, titles: Sequence[str], path: str | Path,
     band = title_px if any(titles) else 0
     cell_w = max(im.shape[1] for im in imgs)
     cell_h = max(im.shape[0] for im in imgs) + band
-    fig_w, fig_h = ncols * cell_w, nrows * cell_h
+    key = _legend_entries(legend)
+    per_row = max(1, ncols * cell_w // _LEGEND_ENTRY_PX)
+    legend_h = -(-len(key) // per_row) * _LEGEND_ROW_PX
+    fig_w = max(ncols * cell_w, _LEGEND_ENTRY_PX if key else 0)
+    fig_h = nrows * cell_h + legend_h
     dpi = 100
     fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
@@ -231,6 +247,35 @@ def save_panel(images: Sequence, titles: Sequence[str], path: str | Path,
         if band and title:
             fig.text((col * cell_w + cell_w / 2) / fig_w, 1 - (row * cell_h + band / 2) / fig_h,
                      title, ha="center", va="center", fontsize=band * 0.5 * 72 / dpi)
+    for i, (name, rgb) in enumerate(key):
+        row, col = divmod(i, per_row)
+        y = 1 - (nrows * cell_h + (row + 0.5) * _LEGEND_ROW_PX) / fig_h
+        x = col * _LEGEND_ENTRY_PX / fig_w
+        fig.patches.append(_swatch(fig, x, y, rgb, fig_w, fig_h))
+        fig.text(x + 14 / fig_w, y, name, ha="left", va="center", fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=dpi, facecolor="white")
     return path
+
+
+_LEGEND_ENTRY_PX, _LEGEND_ROW_PX = 96, 14
+
+
+def _legend_entries(legend) -> list[tuple[str, tuple[float, ...]]]:
+    if legend is None:
+        return []
+    names, palette = legend
+    palette = np.asarray(palette)
+    if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) != len(names):
+        raise ValueError(f"legend needs one name per (K, 3) palette row, got {len(names)} "
+                         f"names and palette {palette.shape}")
+    return [(str(n), tuple(c / 255 for c in rgb)) for n, rgb in zip(names, palette.tolist(),
+                                                                    strict=True)]
+
+
+def _swatch(fig, x: float, y: float, rgb, fig_w: int, fig_h: int):
+    """A 10×10 px colour square whose left edge is at `x` and centre at `y` (figure units)."""
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x + 2 / fig_w, y - 5 / fig_h), 10 / fig_w, 10 / fig_h, color=rgb,
+                     transform=fig.transFigure, figure=fig)

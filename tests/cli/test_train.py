@@ -3,6 +3,7 @@
 import json
 
 from evtransfer.cli import main
+from tests.cli._run import one_line_error, run_cli
 
 
 def test_train_and_bench_on_a_built_world(tiny_world, tmp_path, capsys):
@@ -47,3 +48,27 @@ def test_train_cmess_with_the_dsec_config_needs_no_world(tmp_path, capsys):
     assert main([*args, *(a for s in sets for a in ("--set", s))]) == 0
     assert "cmess: mIoU" in capsys.readouterr().out
     assert not list(out.glob("world*")) and list((out / "cache").glob("real_*"))
+
+
+def test_a_stage_budget_must_be_positive(tiny_world, tmp_path):
+    """Issue 21, problem 6: `--set stages.source.steps=0` was a ZeroDivisionError, `-5` failed
+    late."""
+    base = ("train", "source_only", "--world", tiny_world, "--out", tmp_path / "t")
+    err = one_line_error(run_cli(*base, "--set", "stages.source.steps=-5"))
+    assert "stages.source: steps must be >= 0, got -5" in err
+    proc = run_cli(*base, "--set", "stages.source.steps=0")  # fails once the data is loaded
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "needs steps >= 1, got 0" in proc.stderr.splitlines()[-1]
+
+
+def test_an_incompatible_init_is_an_error(tiny_world, tmp_path, capsys):
+    """Problem 7: `--init` with a checkpoint that fits nothing loaded 0 tensors and trained."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"unrelated.weight": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))
+    assert main(["train", "source_only", "--world", str(tiny_world), "--out",
+                 str(tmp_path / "t"), "--init", str(tmp_path / "other.safetensors"),
+                 "--set", "stages.source.steps=2"]) == 2
+    assert "matches no tensor" in capsys.readouterr().err
+    assert not list((tmp_path / "t").rglob("done.json"))

@@ -122,3 +122,22 @@ def test_tensorboard_absent_is_fine(tmp_path, monkeypatch):
 def test_progress_passes_items_through():
     items = list(progress(range(5), total=5, initial=0, desc="e", enabled=True))
     assert items == [0, 1, 2, 3, 4]
+
+
+def test_plain_progress_lines_and_the_stage_table(capsys, monkeypatch):
+    """In a non-terminal: one plain line per record (name, step/total, values, it/s, ETA);
+    a closed run joins the table of stages."""
+    from evtransfer.engine import logging as log
+
+    monkeypatch.setattr(log, "STAGES", [])
+    monkeypatch.setattr(log.sys.stderr, "isatty", lambda: False, raising=False)
+    bar = log.progress(range(10), total=10, initial=0, desc="M_S epoch 0", enabled=True)
+    assert isinstance(bar, log.PlainProgress)
+    for k in bar:
+        if k == 4:
+            bar.set_postfix({"loss": "0.5"})
+    bar.close()
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("M_S epoch 0: step 4/10, loss 0.5, ") and "it/s, ETA 0:00:" in line
+    table = log.stage_table()
+    assert "| M_S epoch 0 | 10 | loss 0.5 |" in table

@@ -7,6 +7,7 @@ from evtransfer.engine.checkpoint import save_checkpoint
 from evtransfer.events import Events
 from evtransfer.io.dsec import write_events_h5
 from evtransfer.models import create_model
+from tests.cli._run import run_cli
 
 from ._packages import segmenter_package
 
@@ -37,7 +38,7 @@ def test_predict_and_export_commands(tmp_path, capsys):
     summary = json.loads((tmp_path / "p" / "windows.json").read_text())
     assert summary["predicted"] == 8  # events end at 99 975 µs: windows end at 20, ..., 90 ms
     assert "8 of 8 windows predicted" in capsys.readouterr().out
-    rc = main(["export", "--checkpoint", str(package), "--format", "torchscript", "-o",
+    rc = main(["export", "--checkpoint", str(package), "--to", "torchscript", "-o",
                str(tmp_path / "m.pt")])
     assert rc == 0 and (tmp_path / "m.pt").is_file()
     assert "input  [1, 5, 48, 64] float32 (N dynamic)" in capsys.readouterr().out
@@ -54,3 +55,13 @@ def test_clear_errors(tmp_path, capsys):
     rc = main(["predict", "--checkpoint", str(package), str(tmp_path / "none.h5"), "-o",
                str(tmp_path / "o"), "--every", "soon"])
     assert rc == 2 and "--every 'soon'" in capsys.readouterr().err
+
+
+def test_evaluate_writes_beside_the_checkpoint(tiny_run, tiny_world, tmp_path):
+    """Problem 8: `evaluate` wrote evaluation-<dataset>.json into the current folder."""
+    out, _ = tiny_run
+    proc = run_cli("evaluate", "--checkpoint", out, "--dataset", "world", "--root", tiny_world,
+                   "--limit", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((out / "evaluation-world.json").read_text())
+    assert result["limit"] == 2 and not list(tmp_path.iterdir())

@@ -62,7 +62,8 @@ def test_render_spikes_tfp(tmp_path):
     data[::3, 0, 0] = 1  # every third frame
     path = write_spike_dat(tmp_path / "s.dat", Spikes(data, 20000.0))
     out = tmp_path / "tfp.png"
-    args = ["render", str(path), "--height", "4", "--width", "8", "--half-window", "3"]
+    args = ["render", str(path), "--height", "4", "--width", "8", "--half-window", "3",
+            "--no-stretch"]
     assert main([*args, "-o", str(out)]) == 0
     image = np.asarray(Image.open(out))
     assert image.shape == (4, 8) and image[1, 2] == 255 and image[3, 3] == 0

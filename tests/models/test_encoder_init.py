@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from evtransfer.models import create_model
 from evtransfer.models.mit import build_mit
@@ -60,3 +61,17 @@ def test_encoder_init_scope_reaches_models_built_by_any_method(tmp_path):
     assert head is not None
     with pytest.raises(FileNotFoundError), encoder_init(tmp_path / "missing.safetensors"):
         pass
+
+
+def test_an_incompatible_init_fails_before_training(tmp_path):
+    """A checkpoint matching no tensor of the scope's first model is an error (issue 21, 7);
+    a later model without a match (a method's other network) is only reported."""
+    mit = save_encoder(tmp_path / "mit.safetensors", build_mit("b0", in_chans=2, seed=5), {})
+    save_file({"something.else": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="matches no tensor of segformer_b0"), \
+            encoder_init(tmp_path / "other.safetensors"):
+        create_model("segformer_b0", in_chans=1, num_classes=3)
+    with encoder_init(mit) as scope:
+        create_model("segformer_b0", in_chans=1, num_classes=3)
+        create_model("resnet18", in_chans=2)
+    assert [len(r.loaded) > 0 for _, r in scope.reports] == [True, False]

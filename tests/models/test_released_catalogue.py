@@ -86,14 +86,15 @@ def test_files_are_read_without_running_code(tmp_path):
 
 def test_init_that_does_not_fill_the_encoder_is_an_error(tmp_path):
     """`--init` (the encoder_init scope): an input conv for other channels may stay at its
-    init, but a checkpoint of another architecture (0 tensors) or a partial one is refused
-    when the model is built, not trained from scratch."""
+    init, but a checkpoint of another architecture (0 tensors in the first model) or one
+    that fills an encoder partially is refused when the model is built, not trained from
+    scratch."""
     mit = build_mit("b0", in_chans=2, seed=5)
     whole = save_encoder(tmp_path / "mit.safetensors", mit, {"method": "test"})
     with encoder_init(whole) as scope:
         create_model("segformer_b0", in_chans=1, num_classes=3)  # stem adapted: fine
     assert scope.reports[0][1].loaded
-    other = r"mit.safetensors: --init into upernet_swin_t's encoder loads 0 of"
+    other = r"mit.safetensors: matches no tensor of upernet_swin_t's encoder"
     with encoder_init(whole), pytest.raises(ValueError, match=other):
         create_model("upernet_swin_t", in_chans=2, num_classes=3)
     state = mit.state_dict()

@@ -72,3 +72,27 @@ def test_spikes_from_a_pseudo_video(tmp_path):
                  "--frames", "3", "--fps", "1000", "--rate-hz", "10000"])
     assert code == 0
     assert out.stat().st_size == 20 * 16 * 24 // 8
+
+
+def test_every_dvs_parameter_is_an_option_and_a_preview_gif(tmp_path, capsys):
+    """Issue 21: `simulate events` takes every DvsConfig field on the command line (the CLI's
+    list must match the dataclass) and writes a preview GIF on request."""
+    from dataclasses import fields
+
+    from evtransfer.cli.simulate import DVS_FIELDS
+    from evtransfer.simulate.dvs_config import DvsConfig
+
+    assert {f.name: f.type for f in fields(DvsConfig) if f.name != "seed"} == {
+        k: v.__name__ for k, v in DVS_FIELDS.items()}
+    image = make_image(tmp_path / "img.png")
+    args = ["simulate", "events", str(image), "--motion", "random", "--frames", "6", "--fps",
+            "500", "--preset", "ideal"]
+    assert main([*args, "-o", str(tmp_path / "a.h5")]) == 0
+    assert main([*args, "-o", str(tmp_path / "b.h5"), "--pos-threshold", "0.6",
+                 "--neg-threshold", "0.6", "--refractory-us", "1000",
+                 "--preview", str(tmp_path / "p.gif"), "--preview-frames", "3"]) == 0
+    with DsecEventsReader(tmp_path / "a.h5") as a, DsecEventsReader(tmp_path / "b.h5") as b:
+        assert 0 < len(b) < len(a)  # higher thresholds and a refractory period: fewer events
+    gif = Image.open(tmp_path / "p.gif")
+    assert (gif.n_frames, gif.size) == (3, (24, 16))
+    assert "wrote 3 preview images" in capsys.readouterr().out

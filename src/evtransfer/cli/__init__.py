@@ -15,11 +15,14 @@ import zipfile
 
 from evtransfer import __version__
 from evtransfer.cli import inference, io, simulate, train, weights, world
+from evtransfer.cli._args import check_device, check_out
+from evtransfer.cli._record import print_config
 
 # Exceptions that mean "bad input or environment", not "bug": ValueError covers the
 # library's own (ConfigError, FormatError, CheckpointError, SimulationError, EventsError),
-# OSError covers missing, unreadable, unwritable and directory-instead-of-file paths.
-USER_ERRORS = (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError)
+# OSError covers missing, unreadable, unwritable and directory-instead-of-file paths;
+# ModuleNotFoundError an optional package a file format needs (the message says which).
+USER_ERRORS = (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError, ModuleNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +32,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="Dense perception for event and spike cameras by transfer from labeled RGB.",
     )
     parser.add_argument("--version", action="version", version=f"evtransfer {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (train.add_demo, simulate.add, io.add, world.add, train.add, inference.add,
                 weights.add):
         add(sub)
+    for p in _all_parsers(parser):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error instead of one line")
+        if p is not parser and not _has_subcommands(p):
+            p.add_argument("--print-config", action="store_true",
+                           help="print the resolved config (or options) and exit")
     return parser
+
+
+def _all_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and its subcommands' parsers, recursively (so `--debug` goes anywhere)."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _all_parsers(child)
+    return found
+
+
+def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,18 +66,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    debug = getattr(args, "debug", False)
+    name = " ".join(str(v) for v in (args.command, getattr(args, "sensor", None),
+                                      getattr(args, "verb", None), getattr(args, "kind", None))
+                    if v is not None)
     try:
-        return int(args.run(args) or 0)
+        if getattr(args, "print_config", False):
+            print_config(args)
+            return 0
+        check_out(args)
+        if getattr(args, "device", "cpu") != "cpu":  # cpu needs no check (nor torch import)
+            check_device(args.device)
+        code = int(args.run(args) or 0)
+        _print_stage_table()
+        return code
     except KeyboardInterrupt:
-        if args.debug:
+        if debug:
             raise
-        print(f"evtransfer {args.command}: interrupted", file=sys.stderr)
+        print(f"evtransfer {name}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
-        if args.debug:
+        if debug:
             raise
-        print(f"evtransfer {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"evtransfer {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _print_stage_table() -> None:
+    """The table of the training stages this command ran (none: nothing printed)."""
+    logging = sys.modules.get("evtransfer.engine.logging")  # loaded only if something trained
+    table = logging.stage_table() if logging is not None else ""
+    if table:
+        # on stderr with the progress lines: stdout stays the command's results (its JSON)
+        print(f"training stages run by this command:\n{table}", file=sys.stderr)
+    if logging is not None:
+        logging.STAGES.clear()
 
 
 def _one_line(exc: BaseException) -> str:

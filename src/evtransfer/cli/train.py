@@ -2,23 +2,8 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_device, add_world_args, world_root
-
-
-class _MethodNames:
-    """The transfer methods' names for argparse `choices`, imported only when looked at (the
-    methods import torch; `info --help` should not)."""
-
-    def _names(self) -> list[str]:
-        from evtransfer.methods import METHODS
-
-        return sorted(METHODS)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def __iter__(self):
-        return iter(self._names())
+from evtransfer.cli._args import add_device, add_out, add_world_args, positive_int, world_root
+from evtransfer.cli._record import add_budget_args, budget, record_run
 
 
 def add(sub) -> None:
@@ -33,20 +18,25 @@ def add(sub) -> None:
 def add_demo(sub) -> None:
     """Register `demo`."""
     p = sub.add_parser("demo", help="run the end-to-end demo and write a report to --out")
-    p.add_argument("--out", default="demo_out", help="output folder (default: ./demo_out)")
-    p.add_argument("--quick", action="store_true", help="a shorter run (about 2 minutes)")
+    add_out(p, "folder", "output folder (default: ./demo_out)", default="demo_out")
     p.add_argument("--world", default=None, help="world folder (default: OUT/world)")
     p.add_argument("--preset", default="small", choices=("tiny", "small", "full"),
                    help="world preset built when the folder is empty (default: small)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="iterations per training run (default 400; 150 with --quick)")
+    add_budget_args(p)
     add_device(p)
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(run=_run_demo, config_of=_demo_config)
+
+
+def _demo_config(args):
+    from evtransfer.demo import demo_config, demo_steps
+
+    return demo_config(demo_steps(args.quick, args.steps))
 
 
 def _run_demo(args) -> int:
     from evtransfer.demo import run_demo
 
+    record_run(args.out, _demo_config(args), args)
     run_demo(args.out, quick=args.quick, device=args.device, world=args.world,
              world_preset=args.preset, steps=args.steps)
     return 0
@@ -55,14 +45,15 @@ def _run_demo(args) -> int:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train one transfer method on a world or a real scenario "
                        "(the config's real: section) (resumable)")
-    p.add_argument("method", choices=_MethodNames(), metavar="METHOD",
+    p.add_argument("method", metavar="METHOD",
                    help="a transfer method, e.g. cmess (a wrong name lists them all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the one seed to run (default 0)")
     p.add_argument("--init", default=None, metavar="PATH",
                    help="encoder checkpoint (e.g. from `evtransfer pretrain ecddp`) that every "
                         "network with a matching encoder starts from")
     add_world_args(p)
-    p.set_defaults(run=_run_train_init)
+    add_budget_args(p)
+    p.set_defaults(run=_run_train_init, config_of=_bench_config)
 
 
 def _add_bench(sub) -> None:
@@ -74,16 +65,18 @@ def _add_bench(sub) -> None:
     t.add_argument("--methods", default=None,
                    help="comma-separated method names (default: source_only,recon_source,cmess,"
                         "oracle; with --task depth: pre_src,bicross,spike_supervised)")
-    t.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    t.add_argument("--seeds", type=positive_int, default=3, metavar="N",
+                   help="run seeds 0..N-1 (default 3; `train --seed S` runs seed S alone)")
     add_world_args(t)
-    t.set_defaults(run=_run_bench_transfer)
+    add_budget_args(t)
+    t.set_defaults(run=_run_bench_transfer, config_of=_bench_config)
 
 
 def _bench_config(args):
     from evtransfer.bench import TransferBenchConfig
     from evtransfer.config import load_config
 
-    return load_config(TransferBenchConfig, args.config, args.set)
+    return budget(load_config(TransferBenchConfig, args.config, args.set), args)
 
 
 def _run_train(args) -> int:
@@ -91,6 +84,7 @@ def _run_train(args) -> int:
     from evtransfer.methods import DEPTH_METHODS
 
     cfg = _bench_config(args)
+    record_run(args.out, cfg, args)
     depth = args.method in DEPTH_METHODS
     real = bool(cfg.depth_real.source if depth else cfg.real.target)  # needs no world
     world = None if real else world_root(args.world, args.out, args.device)
@@ -120,6 +114,7 @@ def _run_bench_transfer(args) -> int:
                else "source_only,recon_source,cmess,oracle")
     methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     cfg = _bench_config(args)
+    record_run(args.out, cfg, args)
     real = bool(cfg.depth_real.source if depth else cfg.real.target)  # needs no world
     world = None if real else world_root(args.world, args.out, args.device)
     run = run_depth_transfer if depth else run_transfer
@@ -131,6 +126,11 @@ def _run_bench_transfer(args) -> int:
 def _run_train_init(args) -> int:
     """`train`, inside an `encoder_init` scope when --init is given (a separate --out per
     init: cached stages do not know which init trained them)."""
+    from evtransfer.methods import METHODS
+
+    if args.method not in METHODS:
+        names = ", ".join(sorted(METHODS))
+        raise ValueError(f"unknown method {args.method!r}; choose from {names}")
     if args.init is None:
         return _run_train(args)
     import json
@@ -161,23 +161,31 @@ def _add_evdistill(sub) -> None:
                    help="RealSegmentationRun (segment) or RecognitionRun (recognize) YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set method.losses.bmr=false")
-    p.add_argument("--out", required=True, help="output folder (results.json, work/)")
+    add_out(p, "folder", "output folder (results.json, work/)")
     add_device(p)
-    p.set_defaults(run=_run_evdistill)
+    add_budget_args(p)
+    p.set_defaults(run=_run_evdistill, config_of=_evdistill_config)
+
+
+def _evdistill_config(args):
+    from evtransfer.config import load_config
+    from evtransfer.methods import evdistill
+
+    cls = evdistill.RealSegmentationRun if args.task == "segment" else evdistill.RecognitionRun
+    return budget(load_config(cls, args.config, args.set), args)
 
 
 def _run_evdistill(args) -> int:
     import json
     from dataclasses import replace
 
-    from evtransfer.config import load_config
     from evtransfer.methods import evdistill
 
+    cfg = _evdistill_config(args)
+    record_run(args.out, cfg, args)
     if args.task == "segment":
-        cfg = load_config(evdistill.RealSegmentationRun, args.config, args.set)
         summary = evdistill.run_real_segmentation(cfg, args.out, device=args.device)
     else:
-        cfg = load_config(evdistill.RecognitionRun, args.config, args.set)
         if cfg.dataset == "world":
             cfg = replace(cfg, world=str(world_root(cfg.world or "small", args.out,
                                                      args.device)))
@@ -189,7 +197,8 @@ def _run_evdistill(args) -> int:
 def _add_ecddp_args(p) -> None:
     p.add_argument("method", choices=("ecddp",))
     add_world_args(p, world=None, config="ECDDP YAML (bench_ecddp.EcddpStudyConfig)",
-                    example="ecddp.pretrain.epochs=50")
+                   example="ecddp.pretrain.epochs=50")
+    add_budget_args(p)
 
 
 def _add_pretrain(sub) -> None:
@@ -198,15 +207,15 @@ def _add_pretrain(sub) -> None:
     _add_ecddp_args(p)
     p.add_argument("--recording", action="append", default=[], metavar="PATH",
                    help="also pre-train on a real recording (DSEC h5, AEDAT4, EVT .raw, ...)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_run_pretrain)
+    p.add_argument("--seed", type=int, default=0, help="the one seed to run (default 0)")
+    p.set_defaults(run=_run_pretrain, config_of=_ecddp_config)
 
 
 def _ecddp_config(args):
     from evtransfer.bench_ecddp import EcddpStudyConfig
     from evtransfer.config import load_config
 
-    return load_config(EcddpStudyConfig, args.config, args.set)
+    return budget(load_config(EcddpStudyConfig, args.config, args.set), args)
 
 
 def _run_pretrain(args) -> int:
@@ -217,7 +226,9 @@ def _run_pretrain(args) -> int:
     from evtransfer.data.pretrain_events import load_pretrain_windows
     from evtransfer.methods.ecddp import pretrain_ecddp
 
-    cfg = _ecddp_config(args).ecddp.pretrain
+    study = _ecddp_config(args)
+    record_run(args.out, study, args)
+    cfg = study.ecddp.pretrain
     data = replace(cfg.data, recordings=cfg.data.recordings + tuple(args.recording))
     world = None
     if args.world is not None:
@@ -240,27 +251,36 @@ def _add_finetune(sub) -> None:
     p = sub.add_parser("finetune", help="fine-tune encoder initialisations on the world's "
                        "segmentation, flow and depth with few labels: results.json/.md")
     _add_ecddp_args(p)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--seeds", type=positive_int, default=3, metavar="N",
+                   help="run seeds 0..N-1 (default 3; `train --seed S` runs seed S alone)")
     p.add_argument("--real", default=None, metavar="YAML",
                    help="a RealFinetuneConfig (DSEC, DDD17 or MVSEC; --set applies to it): "
                         "one fine-tuning on a real benchmark instead of the world study")
-    p.set_defaults(run=_run_finetune)
+    p.set_defaults(run=_run_finetune, config_of=_finetune_config)
+
+
+def _finetune_config(args):
+    from evtransfer.bench_ecddp import RealFinetuneConfig
+    from evtransfer.config import load_config
+
+    if args.real is None:
+        return _ecddp_config(args)
+    return budget(load_config(RealFinetuneConfig, args.real, args.set), args)
 
 
 def _run_finetune(args) -> int:
     from evtransfer.bench_ecddp import markdown, run_ecddp_study
 
+    cfg = _finetune_config(args)
+    record_run(args.out, cfg, args)
     if args.real is not None:
         import json
 
-        from evtransfer.bench_ecddp import RealFinetuneConfig, run_real_finetune
-        from evtransfer.config import load_config
+        from evtransfer.bench_ecddp import run_real_finetune
 
-        cfg = load_config(RealFinetuneConfig, args.real, args.set)
         print(json.dumps(run_real_finetune(cfg, args.out, device=args.device), default=str))
         return 0
     world = world_root(args.world or "small", args.out, args.device)
-    summary = run_ecddp_study(world, _ecddp_config(args), args.out, list(range(args.seeds)),
-                              device=args.device)
+    summary = run_ecddp_study(world, cfg, args.out, list(range(args.seeds)), device=args.device)
     print(markdown(summary["table"]))
     return 0

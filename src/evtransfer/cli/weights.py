@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from evtransfer.cli._args import add_out
+
 
 def add(sub) -> None:
     """Register the `weights` command group."""
@@ -29,7 +31,7 @@ def add(sub) -> None:
     q.add_argument("file", help="a released checkpoint (.pth.tar, .pt, .pth)")
     q.add_argument("--as", dest="name", required=True,
                    help="catalogue entry (see `evtransfer weights list`)")
-    q.add_argument("-o", "--out", required=True, help="output .safetensors file")
+    add_out(q, "file", "output .safetensors file")
     q.set_defaults(run=_run_convert)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evtransfer.cli._args import add_device, world_config
+from evtransfer.cli._args import add_device, add_out, positive_int, world_config
 
 
 def add(sub) -> None:
@@ -14,22 +14,27 @@ def add(sub) -> None:
     b.add_argument("--world", default=None, help="a world YAML (overrides --preset)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a world config field, e.g. --set seed=3")
-    b.add_argument("--out", required=True, help="output folder")
+    add_out(b, "folder", "output folder")
     add_device(b)
-    b.set_defaults(run=run_world_build)
+    b.set_defaults(run=run_world_build, config_of=_build_config)
     s = verbs.add_parser("show", help="montage RGB | label | depth | flow | events | spikes")
     s.add_argument("root", help="a built world folder")
-    s.add_argument("-o", "--out", required=True, help="output PNG")
-    s.add_argument("--samples", type=int, default=4, help="target samples to show (default 4)")
+    add_out(s, "file", "output PNG")
+    s.add_argument("--samples", type=positive_int, default=4,
+                   help="target samples to show (default 4)")
     s.add_argument("--domain", default="target", help="target or a built variant")
     s.set_defaults(run=run_world_show)
+
+
+def _build_config(args):
+    return world_config(args.preset, args.world, args.set)
 
 
 def run_world_build(args) -> int:
     """Build (or finish building) a world into `args.out`."""
     from evtransfer.world.build import build_world
 
-    cfg = world_config(args.preset, args.world, args.set)
+    cfg = _build_config(args)
     out = build_world(cfg, args.out, device=args.device)
     print(f"world ready in {out}")
     return 0
@@ -40,6 +45,7 @@ def run_world_show(args) -> int:
     import numpy as np
 
     from evtransfer.data.world import WorldTarget, WorldTargetConfig
+    from evtransfer.engine.package import CLASS_NAMES
     from evtransfer.represent import histogram, tfp
     from evtransfer.viz import (
         DSEC11_PALETTE,
@@ -69,7 +75,8 @@ def run_world_show(args) -> int:
         images += row
         titles += [f"{s['sequence']} #{s['index']}", "label", "depth", "flow", "events",
                    "spikes (TFP)"]
-    path = save_panel(images, titles, args.out, ncols=6)
+    legend = (CLASS_NAMES["dsec11"], DSEC11_PALETTE)
+    path = save_panel(images, titles, args.out, ncols=6, legend=legend)
     print(f"wrote {path}")
     return 0
 

@@ -101,6 +101,14 @@ class FitConfig:
     log_every: int = 25
     ckpt_every: int = 100
 
+    def __post_init__(self):
+        counts = {"steps": (self.steps, 0), "batch": (self.batch, 1),
+                  "warmup_steps": (self.warmup_steps, 0), "log_every": (self.log_every, 1),
+                  "ckpt_every": (self.ckpt_every, 0)}
+        for name, (value, least) in counts.items():
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
+
 
 Step = Callable[[dict, TrainState], Mapping[str, torch.Tensor]]
 
@@ -117,6 +125,8 @@ def fit(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitCon
     seeded from `seed`, so a run does not depend on what ran before it in the process.
     Returns the training minutes, killed attempts included."""
     run_dir = Path(run_dir)
+    if cfg.steps < 1:
+        raise ValueError(f"{run_dir}: a training run needs steps >= 1, got {cfg.steps}")
     done = run_dir / "done.json"
     if done.exists():
         from evtransfer.engine.checkpoint import load_module_weights

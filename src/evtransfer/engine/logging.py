@@ -1,4 +1,5 @@
-"""Metrics: JSONL always, TensorBoard when installed, a tqdm progress bar with ETA.
+"""Metrics: JSONL always, TensorBoard when installed, progress with ETA (a tqdm bar on a
+terminal, plain lines in logs) and a table of the finished stages.
 
 Loss tensors are summed on their device and fetched to the host only when a record is
 written (every `log_every` steps), so logging adds no device sync per step. Under DDP the
@@ -147,11 +148,96 @@ def read_metrics(path: str | Path, kind: str | None = "train") -> list[dict[str,
 def progress(
     iterable: Iterable, *, total: int | None, initial: int, desc: str, enabled: bool
 ) -> Iterable:
-    """A tqdm bar with ETA over `iterable`, shown only on rank 0, when enabled and on a tty."""
-    show = enabled and is_main() and sys.stderr.isatty()
-    return tqdm(
-        iterable, total=total, initial=initial, desc=desc, disable=not show, dynamic_ncols=True
-    )
+    """Progress over `iterable` on rank 0 when enabled: a tqdm bar with ETA on a terminal,
+    elsewhere (logs, CI) a plain line at each `set_postfix` (each metrics record). Either way
+    the run is added to `STAGES` when closed, for `stage_table`."""
+    show = enabled and is_main()
+    if show and not sys.stderr.isatty():
+        return PlainProgress(iterable, total=total, initial=initial, desc=desc)
+    bar = tqdm(iterable, total=total, initial=initial, desc=desc, disable=not show,
+               dynamic_ncols=True)
+    return _Recorded(bar, desc, initial) if show else bar
+
+
+STAGES: list[dict[str, Any]] = []  # finished progress runs of this process, for stage_table
+
+
+class PlainProgress:
+    """One line per update for a non-terminal: `desc: step k/total, loss …, it/s, ETA`."""
+
+    def __init__(self, iterable: Iterable, *, total: int | None, initial: int, desc: str):
+        self.iterable, self.total, self.desc = iterable, total, desc
+        self.n = self.start = initial
+        self.postfix: dict[str, str] = {}
+        self._t0 = time.monotonic()
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.n += 1
+
+    def set_postfix(self, values: Mapping[str, str]) -> None:
+        self.postfix = dict(values)
+        print(self.line(), file=sys.stderr, flush=True)
+
+    def rate(self) -> float:
+        """Iterations per second since this progress started."""
+        return (self.n - self.start) / max(time.monotonic() - self._t0, 1e-9)
+
+    def line(self) -> str:
+        rate = self.rate()
+        total = f"/{self.total}" if self.total else ""
+        left = (self.total - self.n) / rate if self.total and rate > 0 else None
+        eta = f", ETA {_clock(left)}" if left is not None else ""
+        losses = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        return f"{self.desc}: step {self.n}{total}{losses}, {rate:.2f} it/s{eta}"
+
+    def close(self) -> None:
+        _finish(self.desc, self.n - self.start, self.postfix, time.monotonic() - self._t0)
+
+
+class _Recorded:
+    """A tqdm bar that adds its run to `STAGES` when closed."""
+
+    def __init__(self, bar, desc: str, initial: int):
+        self.bar, self.desc, self.initial, self.postfix = bar, desc, initial, {}
+        self._t0 = time.monotonic()
+
+    def __iter__(self):
+        return iter(self.bar)
+
+    def set_postfix(self, values: Mapping[str, str]) -> None:
+        self.postfix = dict(values)
+        self.bar.set_postfix(values)
+
+    def close(self) -> None:
+        self.bar.close()
+        _finish(self.desc, self.bar.n - self.initial, self.postfix, time.monotonic() - self._t0)
+
+
+def _finish(desc: str, steps: int, postfix: Mapping[str, str], seconds: float) -> None:
+    if steps > 0:
+        STAGES.append({"stage": desc, "steps": steps, "last": dict(postfix),
+                       "seconds": round(seconds, 2)})
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+def stage_table(stages: list[dict[str, Any]] | None = None) -> str:
+    """A Markdown table of the finished progress runs (default: this process's `STAGES`)."""
+    rows = STAGES if stages is None else stages
+    if not rows:
+        return ""
+    lines = ["| stage | steps | last values | seconds | it/s |", "|---|---:|---|---:|---:|"]
+    for r in rows:
+        last = ", ".join(f"{k} {v}" for k, v in r["last"].items()) or "-"
+        rate = r["steps"] / r["seconds"] if r["seconds"] > 0 else 0.0
+        lines.append(f"| {r['stage']} | {r['steps']} | {last} | {r['seconds']:.1f} | "
+                     f"{rate:.2f} |")
+    return "\n".join(lines)
 
 
 def _truncate_after(path: Path, step: int) -> None:

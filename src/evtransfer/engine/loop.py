@@ -247,7 +247,7 @@ def train_one_epoch(
         batches,
         total=total,
         initial=state.step_in_epoch,
-        desc=f"epoch {state.epoch}",
+        desc=f"{ckpt_root.parent.name if ckpt_root else 'train'} epoch {state.epoch}",
         enabled=cfg.progress,
     )
     try:

@@ -9,6 +9,7 @@ and writes into `out`:
   whose palette is the label space's colours (rows below the model's crop: 255, black);
 - depth: `depth/NNNNNN.png` (16-bit, metres × 256, 0 = no prediction, KITTI's encoding) and
   `depth_color/NNNNNN.png`;
+- `legend.png` (segmentation): each class's colour and name;
 - `overlay.gif`: the prediction blended over the event image (spikes: the mean firing image)
   for at most `gif_frames` evenly spaced windows, and `overlay/NNNNNN.png` for every window
   with `overlays=True`;
@@ -16,7 +17,9 @@ and writes into `out`:
   events, "partial": fewer events or frames than a full window, skipped unless `partial`),
   the sensor-size warning if any, and the seconds spent reading, representing, running the
   model and writing.
-`predict_path` does the same for every recording in a folder (one output folder each).
+Outputs of an earlier run into the same `out` (these names only) are removed first, so the
+folder holds one run. `predict_path` does the same for every recording in a folder (one output
+folder each); a recording that fails is reported in its summary and the others still run.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ from evtransfer.inference.model import Model
 from evtransfer.io import SPIKE_FORMATS, FormatError, detect_format, open_recording
 from evtransfer.io.images import write_png16
 from evtransfer.represent import histogram
-from evtransfer.viz import colorize_depth, colorize_events
+from evtransfer.viz import colorize_depth, colorize_events, save_panel
 
 _UNITS = {"us": 1, "µs": 1, "ms": 1_000, "s": 1_000_000}
+OUTPUT_DIRS = ("labels", "depth", "depth_color", "overlay")  # of NNNNNN.png files
 
 
 @dataclass(frozen=True)
@@ -108,18 +112,26 @@ def _plan(info, model: Model, every: Every, opts: PredictOptions) -> list[Window
         stride = every.value if every.unit == "fr" else max(1, round(every.value * info.rate_hz
                                                                      / 1e6))
         first = stride if opts.partial else spec.frames
-        ends = range(first, info.frames + 1, stride)
+        ends = _partial_end(range(first, info.frames + 1, stride), info.frames, opts)
         return [Window(i, "frame", e) for i, e in enumerate(ends)]
     total = spec.num_windows * spec.window_events
     if every.unit == "ev":
         first = every.value if opts.partial or spec.window_us else total
-        ends = range(first, info.events + 1, every.value)
+        ends = _partial_end(range(first, info.events + 1, every.value), info.events, opts)
         return [Window(i, "index", e) for i, e in enumerate(ends)]
     t0 = info.t_start_us if opts.t0_us is None else opts.t0_us
     t1 = info.t_end_us + 1 if opts.t1_us is None else opts.t1_us
     first = spec.window_us if spec.window_us and not opts.partial else every.value
-    ends = range(t0 + first, t1 + 1, every.value)
+    ends = _partial_end(range(t0 + first, t1 + 1, every.value), t1, opts, t0)
     return [Window(i, "time", e) for i, e in enumerate(ends)]
+
+
+def _partial_end(ends: range, last: int, opts: PredictOptions, first: int = 0) -> range:
+    """`ends`, or with `partial` one window ending at `last` when the recording is shorter than
+    the stride (a partial window is asked for, so a short recording still gets one)."""
+    if len(ends) or not opts.partial or last <= first:
+        return ends
+    return range(last, last + 1)
 
 
 def _read(reader, info, model: Model, w: Window) -> None:
@@ -159,11 +171,16 @@ class _Writer:
         self.model, self.out, self.sensor = model, out, sensor
         self.gif_every, self.overlays, self.frames = gif_every, overlays, []
         subdirs = ["labels"] if model.task == "segmentation" else ["depth", "depth_color"]
+        _remove_earlier_outputs(out)
         for sub in subdirs + (["overlay"] if overlays else []):
             (out / sub).mkdir(parents=True, exist_ok=True)
         self.flat_palette = np.zeros(768, np.uint8)
         if model.task == "segmentation":
             self.flat_palette[: 3 * model.num_classes] = model.palette.reshape(-1)
+            strip = np.repeat(model.palette[None], 12, 0)  # the classes side by side
+            strip = np.repeat(strip, -(-288 // model.num_classes), 1)
+            save_panel([strip], [""], out / "legend.png",
+                       legend=(model.class_names, model.palette))
 
     def write(self, w: Window, pred: torch.Tensor) -> str:
         """Save one window's prediction ((K, h, w) probabilities or (h, w) metres); returns
@@ -214,6 +231,15 @@ class _Writer:
         self.frames[0].save(path, save_all=True, append_images=self.frames[1:],
                             duration=duration_ms, loop=0)
         return path
+
+
+def _remove_earlier_outputs(out: Path) -> None:
+    """Delete what an earlier prediction wrote into `out` (its file names only)."""
+    for sub in OUTPUT_DIRS:
+        for path in (out / sub).glob("[0-9][0-9][0-9][0-9][0-9][0-9].png"):
+            path.unlink()
+    for name in ("overlay.gif", "windows.json", "legend.png"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -364,5 +390,17 @@ def predict_path(model: Model, path: str | Path, out: str | Path,
     if other and log is not None:
         log(f"note: skipped {len(other)} entries of unknown format: "
             f"{', '.join(p.name for p in other[:5])}")
-    return [predict_recording(model, p, out / p.name.replace(".", "_"), opts, log)
+    return [_predict_or_report(model, p, out / p.name.replace(".", "_"), opts, log)
             for p in found]
+
+
+def _predict_or_report(model: Model, path: Path, out: Path, opts: PredictOptions | None,
+                       log: Callable[[str], None] | None) -> dict:
+    """`predict_recording`, or `{"recording", "error"}` when the recording is bad (one bad
+    file of a folder does not stop the others)."""
+    try:
+        return predict_recording(model, path, out, opts, log)
+    except (ValueError, OSError) as exc:
+        if log is not None:
+            log(f"error: {exc}")
+        return {"recording": str(path), "error": str(exc)}

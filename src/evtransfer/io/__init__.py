@@ -87,6 +87,8 @@ def detect_format(path: str | Path) -> str:
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(16)
+    if not head:
+        raise FormatError(path, "empty file (0 bytes)")
     suffix = path.suffix.lower()
     if head.startswith(_HDF5_MAGIC):
         return _detect_h5(path)
@@ -99,6 +101,9 @@ def detect_format(path: str | Path) -> str:
         return encoding
     if has_header and encoding is not None:
         raise FormatError(path, f"unsupported Prophesee encoding {encoding!r}")
+    if suffix == ".dat" and not has_header and head[:2] == b"% ":
+        raise FormatError(path, "starts like a Prophesee DAT header ('% ') that cannot be read "
+                          "(damaged?); if it is a spike-camera stream, give --format spike-dat")
     if suffix == ".dat":
         return "dat" if has_header else "spike-dat"
     if suffix == ".bin":

@@ -42,9 +42,9 @@ def _aedat():
     try:
         import aedat
     except ImportError:
-        raise ImportError(
-            "reading AEDAT4 needs the `aedat` package: pip install aedat"
-        ) from None
+        raise ModuleNotFoundError("reading AEDAT4 needs the `aedat` package (a default "
+                                  "dependency where its wheels exist): pip install aedat",
+                                  name="aedat") from None
     return aedat
 
 

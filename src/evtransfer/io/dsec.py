@@ -346,6 +346,18 @@ class DsecEventsWriter:
         filters = _filter_kwargs(compression)
         self._tmp = _temp_path(self.path)
         self._f = h5py.File(self._tmp, "w")
+        try:
+            self._create_datasets(filters)
+        except BaseException:  # Ctrl-C included: leave no temporary file behind
+            self.abort()
+            raise
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._n_pending = 0
+        self._n_written = 0
+        self._next_ms = 0
+        self._last_t = -1
+
+    def _create_datasets(self, filters: dict) -> None:
         group = self._f.create_group("events")
         group.attrs["width"], group.attrs["height"] = self.width, self.height
         self._ds = {
@@ -358,11 +370,6 @@ class DsecEventsWriter:
             "ms_to_idx", shape=(0,), maxshape=(None,), dtype="<u8", chunks=(_MS_BLOCK,), **filters
         )
         self._f.create_dataset("t_offset", data=np.array([self.t_offset_us], dtype="<i8"))
-        self._pending: list[dict[str, np.ndarray]] = []
-        self._n_pending = 0
-        self._n_written = 0
-        self._next_ms = 0
-        self._last_t = -1
 
     def __enter__(self) -> DsecEventsWriter:
         return self

@@ -369,3 +369,58 @@ def read_evt2(path: str | Path, **options) -> Events:
 def read_evt3(path: str | Path, **options) -> Events:
     """Every event of an EVT 3.0 `.raw` file (options as `Evt3Reader`)."""
     return Evt3Reader(path, **options).read_all()
+
+
+EVT2_MAX_T_US = (1 << 34) - 1  # TIME_HIGH holds t >> 6 in 28 bits
+
+
+class Evt2Writer:
+    """Write time-sorted `Events` as an EVT 2.0 `.raw` file, batch after batch (streamed).
+
+    Header `% evt 2.0`, `% format EVT2;height=H;width=W`, `% geometry WxH`, `% end`; then a
+    TIME_HIGH word (type 0x8, t >> 6) whenever t >> 6 changes and one CD word per event (type
+    0x1 ON / 0x0 OFF, t & 63 in bits 22-27, x in 11-21, y in 0-10). x, y < 2048 and t <
+    2^34 µs (about 4.8 hours) fit the format; anything else is a ValueError."""
+
+    def __init__(self, path: str | Path, width: int, height: int):
+        if not (0 < width <= 2048 and 0 < height <= 2048):
+            raise ValueError(f"{path}: EVT 2.0 holds sensors up to 2048x2048, got "
+                             f"{width}x{height}")
+        self.path, self.width, self.height = Path(path), int(width), int(height)
+        self._high, self._last_t = -1, -1
+        self._file = open(self.path, "wb")  # closed by close() / abort()
+        self._file.write("".join(f"% {line}\n" for line in (
+            "evt 2.0", f"format EVT2;height={height};width={width}", f"geometry {width}x{height}",
+            "end")).encode())
+
+    def write(self, events: Events) -> None:
+        """Append `events` (on this writer's sensor, t not before the last written t)."""
+        if not len(events):
+            return
+        if events.sensor_size != (self.width, self.height):
+            raise ValueError(f"{self.path}: events of a {events.sensor_size} sensor, writer "
+                             f"is {self.width}x{self.height}")
+        t = events.t.astype(np.int64)
+        if t[0] < max(self._last_t, 0) or t[-1] > EVT2_MAX_T_US or np.any(np.diff(t) < 0):
+            raise ValueError(f"{self.path}: EVT 2.0 needs non-decreasing t in [0, 2^34) µs; "
+                             f"got [{t.min()}, {t.max()}] after {self._last_t}")
+        high = t >> 6
+        new_high = np.diff(high, prepend=self._high) != 0
+        cd = ((events.p > 0).astype(np.uint32) << 28) | ((t & 0x3F).astype(np.uint32) << 22) \
+            | (events.x.astype(np.uint32) << 11) | events.y.astype(np.uint32)
+        words = np.empty(len(t) + int(new_high.sum()), np.uint32)
+        at = np.arange(len(t)) + np.cumsum(new_high)  # each CD word after its TIME_HIGH
+        words[at] = cd
+        words[at[new_high] - 1] = (0x8 << 28) | high[new_high].astype(np.uint32)
+        self._file.write(words.astype("<u4").tobytes())
+        self._high, self._last_t = int(high[-1]), int(t[-1])
+
+    def close(self) -> Path:
+        """Finish the file; returns its path."""
+        self._file.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete a partly written file."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)

@@ -6,7 +6,9 @@
 (`flipud`) after reshaping to (H, W). Options cover the known variants: `bitorder="big"`
 for MSB-first files, `flipud=False`, and `remove_head=True` to strip the 16 extra columns on
 the right of raw sps10 frames (W = 416 -> 400). recVidarReal2019 and Spike-Zoo data are
-250×400 at 20 kHz, the defaults here.
+250×400 at 20 kHz, the defaults here. The format has no header, so `write_spike_dat(...,
+sidecar=True)` also writes `NAME.dat.json` (width, height, rate, first time, bit order, flip),
+which the reader takes its defaults from: a file we write reads back at its own size.
 
 Streaming: frames are fixed-size records, so a frame range is one seek and one read; the
 result is bit-packed `Spikes` (T, H, ceil(W/8)) LSB-first, 8× smaller than unpacked.
@@ -18,6 +20,8 @@ MSB-first).
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,8 @@ from evtransfer.io.base import FormatError
 
 DAT_DEFAULT_SIZE = (250, 400)  # (height, width): recVidarReal2019, Spike-Zoo
 DEFAULT_RATE_HZ = 20000.0
+DAT_DEFAULTS = {"height": DAT_DEFAULT_SIZE[0], "width": DAT_DEFAULT_SIZE[1], "bitorder": "little",
+                "flipud": True, "rate_hz": DEFAULT_RATE_HZ, "t0_us": 0}
 HEAD_COLUMNS = 16
 _WRITE_BLOCK = 256  # frames per write, to bound memory
 _REVERSE = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
@@ -69,13 +75,18 @@ class SpikeDatReader:
 
     format_name = "spike-dat"
 
-    def __init__(self, path: str | Path, height: int = DAT_DEFAULT_SIZE[0],
-                 width: int = DAT_DEFAULT_SIZE[1], *, bitorder: str = "little",
-                 flipud: bool = True, remove_head: bool = False,
-                 rate_hz: float = DEFAULT_RATE_HZ, t0_us: int = 0):
+    def __init__(self, path: str | Path, height: int | None = None, width: int | None = None,
+                 *, bitorder: str | None = None, flipud: bool | None = None,
+                 remove_head: bool = False, rate_hz: float | None = None,
+                 t0_us: int | None = None):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
+        given = {"height": height, "width": width, "bitorder": bitorder, "flipud": flipud,
+                 "rate_hz": rate_hz, "t0_us": t0_us}
+        found = {**DAT_DEFAULTS, **read_sidecar(path)}
+        height, width, bitorder, flipud, rate_hz, t0_us = (
+            found[k] if v is None else v for k, v in given.items())
         _check_bitorder(bitorder)
         if height <= 0 or width <= 0:
             raise FormatError(path, f"frame size must be positive, got {height}x{width}")
@@ -137,6 +148,26 @@ class SpikeDatReader:
         return self.read_frames(int(k0), int(k1))
 
 
+def sidecar_path(path: str | Path) -> Path:
+    """`NAME.dat.json` beside `NAME.dat`."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """The facts `write_spike_dat(sidecar=True)` stored beside a `.dat` ({} if none)."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        facts = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(side, f"not a readable spike sidecar: {exc}") from None
+    if not isinstance(facts, dict) or set(facts) - set(DAT_DEFAULTS):
+        raise FormatError(side, f"expected a mapping with keys among {sorted(DAT_DEFAULTS)}")
+    return facts
+
+
 def read_spike_dat(path: str | Path, height: int, width: int, *, bitorder: str = "little",
                    flipud: bool = True, remove_head: bool = False,
                    rate_hz: float = DEFAULT_RATE_HZ,
@@ -150,29 +181,69 @@ def read_spike_dat(path: str | Path, height: int, width: int, *, bitorder: str =
     return reader.read_frames(*_frame_range(reader.path, frames, len(reader)))
 
 
-def write_spike_dat(path: str | Path, spikes: Spikes, *, bitorder: str = "little",
-                    flipud: bool = True) -> Path:
-    """Write `spikes` (packed or not) as a `.dat` bitstream: the layout `read_spike_dat` reads.
+class SpikeDatWriter:
+    """Append `Spikes` to a `.dat` bitstream (the layout `read_spike_dat` reads), block after
+    block; `close` writes the `NAME.dat.json` sidecar when `sidecar` (size, rate, first time,
+    layout).
 
     Each frame is flipped upside down (`flipud`), flattened row-major and packed 8 pixels a
     byte LSB-first (`bitorder="little"`), padded with zero bits to a whole byte.
     """
-    _check_bitorder(bitorder)
-    if not isinstance(spikes, Spikes):
-        raise TypeError(f"spikes must be a Spikes stream, got {type(spikes).__name__}")
-    path = Path(path)
-    with open(path, "wb") as f:
+
+    def __init__(self, path: str | Path, *, bitorder: str = "little", flipud: bool = True,
+                 sidecar: bool = False):
+        _check_bitorder(bitorder)
+        self.path, self.bitorder, self.flipud, self.sidecar = Path(path), bitorder, flipud, sidecar
+        self._facts: dict | None = None
+        self._file = open(self.path, "wb")  # closed by close() / abort()
+
+    def write(self, spikes: Spikes) -> None:
+        """Append every frame of `spikes` (packed or not; the first call fixes the size)."""
+        if not isinstance(spikes, Spikes):
+            raise TypeError(f"spikes must be a Spikes stream, got {type(spikes).__name__}")
+        facts = {"height": spikes.height, "width": spikes.width, "rate_hz": spikes.rate_hz}
+        if self._facts is None:
+            self._facts = {**facts, "bitorder": self.bitorder, "flipud": self.flipud,
+                           "t0_us": spikes.t0_us}
+        elif any(self._facts[k] != v for k, v in facts.items()):
+            raise ValueError(f"{self.path}: frames of {facts} after {self._facts}")
         for k0 in range(0, len(spikes), _WRITE_BLOCK):
             block = spikes.frames(k0, min(k0 + _WRITE_BLOCK, len(spikes)))
             if block.packed and block.width % 8 == 0:
-                raw = block.data[:, ::-1] if flipud else block.data
+                raw = block.data[:, ::-1] if self.flipud else block.data
                 raw = raw.reshape(len(block), -1)
-                raw = _REVERSE[raw] if bitorder == "big" else raw
+                raw = _REVERSE[raw] if self.bitorder == "big" else raw
             else:
-                bits = block.unpack()[:, ::-1] if flipud else block.unpack()
-                raw = np.packbits(bits.reshape(len(block), -1), axis=1, bitorder=bitorder)
-            f.write(np.ascontiguousarray(raw).tobytes())
-    return path
+                bits = block.unpack()[:, ::-1] if self.flipud else block.unpack()
+                raw = np.packbits(bits.reshape(len(block), -1), axis=1, bitorder=self.bitorder)
+            self._file.write(np.ascontiguousarray(raw).tobytes())
+
+    def close(self) -> Path:
+        """Finish the file (and its sidecar); returns its path."""
+        self._file.close()
+        if self.sidecar and self._facts is not None:
+            sidecar_path(self.path).write_text(json.dumps(self._facts) + "\n", encoding="utf-8")
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete a partly written file."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def write_spike_dat(path: str | Path, spikes: Spikes, *, bitorder: str = "little",
+                    flipud: bool = True, sidecar: bool = False) -> Path:
+    """Write `spikes` as a `.dat` bitstream in one call (`SpikeDatWriter`'s layout and
+    sidecar)."""
+    if not isinstance(spikes, Spikes):
+        raise TypeError(f"spikes must be a Spikes stream, got {type(spikes).__name__}")
+    writer = SpikeDatWriter(path, bitorder=bitorder, flipud=flipud, sidecar=sidecar)
+    try:
+        writer.write(spikes)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
 
 
 # --- arrays ----------------------------------------------------------------------------
@@ -183,7 +254,7 @@ def _load_array(path: Path, key: str | None) -> np.ndarray:
                 names = list(archive.files)
                 name = key or ("spk" if "spk" in names else (names[0] if len(names) == 1 else ""))
                 array = archive[name] if name in names else None
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise FormatError(path, f"unreadable .npz: {exc}") from None
         if array is None:
             raise FormatError(path, f"pick the spike array with key=; arrays: {names}")
@@ -264,8 +335,13 @@ def read_spike_npy(path: str | Path, *, key: str | None = None, flipud: bool = F
 def read_npz_label(path: str | Path) -> tuple[int, str | None]:
     """(label, label_name or None) stored beside the spikes in a UHSR-style `.npz`."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as archive:
-        if "label" not in archive.files:
-            raise FormatError(path, f"no 'label' array; arrays: {list(archive.files)}")
-        name = str(archive["label_name"]) if "label_name" in archive.files else None
-        return int(archive["label"]), name
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in ("label", "label_name") if k in archive.files}
+            names = list(archive.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FormatError(path, f"unreadable .npz: {exc}") from None
+    if "label" not in arrays:
+        raise FormatError(path, f"no 'label' array; arrays: {names}")
+    name = str(arrays["label_name"]) if "label_name" in arrays else None
+    return int(arrays["label"]), name

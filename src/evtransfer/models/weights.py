@@ -489,13 +489,18 @@ def require_encoder_filled(report: LoadReport, what: str, drop: tuple[str, ...] 
 
 def apply_encoder_init(name: str, model: nn.Module) -> None:
     """Load the active `encoder_init` checkpoint into `model` if it has an encoder (called by
-    `create_model`). Every tensor of the encoder must load, but for an input conv built for
-    other channels: a checkpoint that gives the encoder 0 tensors (another architecture) or
-    fewer than it needs is a ValueError naming the file and the first tensors left out,
-    never a model trained from its random initialisation."""
+    `create_model`). The first model of a scope must load at least one tensor (an
+    incompatible checkpoint fails before anything trains); later models without any matching
+    tensor (a method's other networks) are reported and left untouched; a model that loads
+    some tensors must load all its encoder needs (`require_encoder_filled`: only an input
+    conv built for other channels may stay at its initialisation)."""
     scope = _ENCODER_INIT.get()
     if scope is None or not hasattr(model, "feature_channels"):
         return
     report = load_encoder_init(model, scope.path)
+    if not report.loaded and not any(r.loaded for _, r in scope.reports):
+        raise ValueError(f"{scope.path}: matches no tensor of {name}'s encoder (a checkpoint "
+                         f"of another architecture?); nothing was trained")
     scope.reports.append((name, report))
-    require_encoder_filled(report, f"--init into {name}'s encoder")
+    if report.loaded:
+        require_encoder_filled(report, f"--init into {name}'s encoder")

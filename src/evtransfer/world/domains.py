@@ -121,6 +121,12 @@ class WorldConfig:
     spikes: SpikeSensor = field(default_factory=SpikeSensor)
     variants: list[str] = field(default_factory=list)  # any of: fog, rain, city2
 
+    def __post_init__(self):
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"width and height must be >= 1, got {self.width}x{self.height}")
+        if self.source_fps <= 0:
+            raise ValueError(f"source_fps must be > 0, got {self.source_fps}")
+
     def domain_seed(self, domain: str) -> int:
         """The seed of the sequences of `domain` ("source", "target" or a variant): worlds
         that share `seed` and the source settings share their source data."""
