@@ -19,7 +19,7 @@ def add(sub) -> None:
     """Register the `weights` command group."""
     p = sub.add_parser("weights", help="the authors' released checkpoints: list, inspect, "
                        "convert to our formats")
-    group = p.add_subparsers(dest="weights_command", metavar="SUBCOMMAND", required=True)
+    group = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     q = group.add_parser("list", help="print the catalogue of released checkpoints")
     q.add_argument("--json", action="store_true", help="one JSON object per entry")
     q.set_defaults(run=_run_list)
