@@ -71,7 +71,7 @@ class InputSpec:
     event_image (the events pre-rendered by its authors; no window applies) or aps_frame.
     """
 
-    modality: str = "events"  # events | spikes | event_images
+    modality: str = "events"  # events | spikes | images
     kind: str = "voxel"
     bins: int = 5
     normalize: bool = True

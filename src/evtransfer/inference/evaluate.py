@@ -11,11 +11,11 @@
   100 000, in the model's number of chunks.
 - `ddd17`: ESS protocol (`data.ddd17`: split "valid" = dir[1], the split ESS reports; 346 → 352
   resize, bottom 60 rows cut → 200 × 352; 6 classes); ESS mIoU; 32 000 events per chunk unless
-  the model counts its own. A model that takes EvDistill's images (pre-rendered events, or the
-  APS frames of its teacher) is scored
-  under EvDistill's protocol instead (`data.event_aps`: its released layout `images/<split>/`
-  side-by-side PNGs and `labels/<split>/`, split "test", both resized to 256 × 512, one
-  scale, no flip; mIoU with `nanmean`, addisonwang2013/evdistill evaluate.py).
+  the model counts its own. A model that takes EvDistill's images (its pre-rendered event
+  images, or the APS frames of its teacher) is scored under EvDistill's protocol instead
+  (`data.event_aps`: its released layout, `images/<split>/` side-by-side PNGs and
+  `labels/<split>/`, split "test", resized to 256 × 512, one scale, no flip; mIoU with
+  `nanmean`, addisonwang2013/evdistill evaluate.py).
 - `mvsec-depth`: `data.mvsec` (outdoor: test on outdoor_day1; events between depth maps, or
   the model's event count), E2Depth's metrics per frame then averaged, on all valid pixels and
   with the 10/20/30 m cut-offs (`metrics.DepthMetrics` form "mvsec").
