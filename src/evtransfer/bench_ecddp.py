@@ -37,8 +37,12 @@ from evtransfer.engine.finetune import (
 )
 from evtransfer.methods.ecddp import (
     EcddpConfig,
+    EcddpNet,
+    PretrainConfig,
     finetune_task,
     pretrain_ecddp,
+    sample_views,
+    sinkhorn_knopp,
     task_network,
 )
 from evtransfer.metrics import ConfusionMatrix, DepthMetrics
@@ -163,6 +167,39 @@ def run_ecddp_study(world: str | Path, cfg: EcddpStudyConfig, out: str | Path,
 
 
 # --- real benchmarks: DSEC-Semantic and DDD17 segmentation, MVSEC depth ----------------------
+@torch.no_grad()
+def image_target_diagnostics(windows: torch.Tensor, cfg: PretrainConfig, *, seed: int = 0,
+                             temps: tuple[float, ...] = (0.04, 0.07)) -> dict[str, float]:
+    """What the image-level (DINO) term can learn from at initialisation: a freshly built
+    `EcddpNet` (seed `seed`, `cfg.backbone.init`) on the global crops of `windows` (N, C, V, V)
+    (one crop per window). Returns the mean cosine between the dense tokens of different
+    places (`cos_tokens`), between the attention-pooled embeddings of different windows
+    before (`cos_pooled`) and after the head's MLP (`cos_mlp`), and the mean entropy (nats)
+    of the Sinkhorn–Knopp image targets at each teacher temperature (`entropy_<τ>`), against
+    ln(prototypes) (`ln_prototypes`)."""
+    net = EcddpNet(cfg, windows.shape[1], seed).eval()
+    views = sample_views(windows.float(), cfg, torch.Generator().manual_seed(seed))
+    crops = views.global_crops[: len(windows)]
+    tokens, hw = net.tokens(crops)
+    pooled = net.dino_head.pooled(tokens, hw)[:, 0]
+    mlp = net.dino_head.mlp(pooled)
+
+    def off_diagonal_cosine(x: torch.Tensor) -> float:
+        x = torch.nn.functional.normalize(x.flatten(1), dim=1)
+        sim = x @ x.t()
+        n = len(x)
+        return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+
+    logits = net.dino_head(pooled)
+    out = {"cos_tokens": off_diagonal_cosine(tokens.flatten(0, 1)),
+           "cos_pooled": off_diagonal_cosine(pooled), "cos_mlp": off_diagonal_cosine(mlp),
+           "ln_prototypes": float(np.log(cfg.heads.prototypes))}
+    for t in temps:
+        q = sinkhorn_knopp(logits, t, cfg.sinkhorn_iters)
+        out[f"entropy_{t}"] = float(-(q * q.clamp(min=1e-30).log()).sum(1).mean())
+    return out
+
+
 @dataclass
 class RealFinetuneConfig:
     """Fine-tuning one encoder initialisation on a real benchmark with its loader's protocol.

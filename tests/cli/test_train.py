@@ -72,3 +72,17 @@ def test_an_incompatible_init_is_an_error(tiny_world, tmp_path, capsys):
                  "--set", "stages.source.steps=2"]) == 2
     assert "matches no tensor" in capsys.readouterr().err
     assert not list((tmp_path / "t").rglob("done.json"))
+
+
+def test_bench_transfer_takes_a_world_suite(tmp_path):
+    """Issue 22: `bench transfer --world suite:…`; an unknown suite lists the choices, and a
+    method whose defaults were chosen on a report world is refused before anything is built."""
+    err = one_line_error(run_cli("bench", "transfer", "--world", "suite:nope", "--out",
+                                 tmp_path / "nope"))
+    assert "suite:nope" in err and "dev" in err and "report" in err
+    err = one_line_error(run_cli("bench", "transfer", "--world", "suite:report:tiny",
+                                 "--methods", "source_only,cmess", "--out", tmp_path / "r",
+                                 "--set",
+                                 "cmess.defaults_chosen_on=[small,report-light]"))
+    assert "cmess" in err and "report-light" in err
+    assert not (tmp_path / "r" / "worlds").exists()

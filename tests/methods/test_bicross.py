@@ -264,6 +264,10 @@ def test_the_eight_scenario_configs_load(name):
     from evtransfer.config import load_config
 
     cfg = load_config(TransferBenchConfig, CONFIGS / f"{name}.yaml")
+    # the code's optimisation: no clipping (a YAML stage would otherwise get FitConfig's 1.0),
+    # the backbone in both Adams
+    stages = (cfg.bicross.rgb, cfg.bicross.cfkd, cfg.bicross.scts, cfg.bicross.supervised)
+    assert all(s.clip_grad == 0.0 for s in stages) and cfg.bicross.backbone_in_both
     if name in WORLD:
         assert cfg.depth.domain == WORLD[name] and not cfg.depth_real.source
         assert cfg.bicross.model == "dpt_hybrid_small"

@@ -45,6 +45,7 @@ TINY_BACKBONE = BackboneConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1
 def tiny_pretrain(**kw) -> PretrainConfig:
     base = dict(backbone=TINY_BACKBONE, heads=HeadConfig(prototypes=32, hidden=16, bottleneck=8),
                 views=ViewConfig(view=64, global_size=64, local_size=32, local_number=2),
+                masks=MaskConfig(count_base=7),
                 epochs=2, batch=4, amp="off", log_every=1, ckpt_every=0,
                 teacher_temp_warmup_epochs=1, warmup_epochs=1)
     return PretrainConfig(**{**base, **kw})
@@ -208,6 +209,8 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
     assert set(summary["final_losses"]) == {"image_global", "image_local", "context", "patch"}
     final, collapsed = image_level_collapse(run / "metrics.jsonl", cfg.heads.prototypes)
     assert again["image_level_collapsed"] is collapsed and again["final_losses"] == final
+    with pytest.raises(ValueError, match="count_base 64 exceeds the 16 tokens"):
+        pretrain_ecddp(groups, tiny_pretrain(masks=MaskConfig()), tmp_path, progress=False)
 
 
 def test_a_collapsed_image_level_loss_is_reported(tmp_path):
@@ -258,3 +261,20 @@ def test_transfer_table_entry_pretrains_then_fine_tunes(tiny_world, tmp_path):
     probs = result.predict(data.test_x[:2])
     assert probs.shape == (2, data.num_classes, *data.test_x.shape[-2:])
     torch.testing.assert_close(probs.sum(1), torch.ones(2, *data.test_x.shape[-2:]))
+
+
+def test_image_target_diagnostics_see_identical_windows_as_uninformative():
+    from evtransfer.bench_ecddp import image_target_diagnostics
+
+    cfg = tiny_pretrain()
+    gen = torch.Generator().manual_seed(0)
+    one = torch.rand(1, 2, 64, 64, generator=gen)
+    one = (one + one.flip(-1)).repeat(6, 1, 1, 1)  # mirror-symmetric: flips change nothing
+    cfg.views.global_scale = (1.0, 1.0)  # every crop the whole (identical) window
+    cfg.views.ratio = (1.0, 1.0)
+    same = image_target_diagnostics(one, cfg, temps=(0.07,))
+    assert same["cos_pooled"] == pytest.approx(1.0, abs=1e-5)
+    assert same["entropy_0.07"] == pytest.approx(math.log(32), abs=1e-4)
+    varied = image_target_diagnostics(torch.rand(6, 2, 64, 64, generator=gen), cfg)
+    assert varied["cos_tokens"] < varied["cos_pooled"] < 1 - 1e-4
+    assert varied["entropy_0.04"] < varied["entropy_0.07"] < math.log(32)

@@ -63,7 +63,9 @@ def add_world_args(p: argparse.ArgumentParser, world: str | None = "small",
     """`--world/--config/--set/--out/--device` of the training commands."""
     p.add_argument("--world", default=world,
                    help="a world preset (tiny, small, full), a world YAML, or a built world folder "
-                        "(not used when the config's real: section names a dataset)")
+                        "(not used when the config's real: section names a dataset); `bench "
+                        "transfer` also takes a world suite: suite:dev, suite:report[:tiny] or a "
+                        "YAML list of worlds (docs/benchmarks.md)")
     p.add_argument("--config", default=None, help=config)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a config field, e.g. --set {example}")

@@ -108,6 +108,8 @@ def _print_package(run) -> None:
 
 def _run_bench_transfer(args) -> int:
     from evtransfer.bench import markdown, markdown_depth, run_depth_transfer, run_transfer
+    from evtransfer.bench_suite import run_transfer_suite, suite_markdown
+    from evtransfer.world.suites import is_suite_spec
 
     depth = args.task == "depth"
     default = ("pre_src,bicross,spike_supervised" if depth
@@ -115,6 +117,14 @@ def _run_bench_transfer(args) -> int:
     methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     cfg = _bench_config(args)
     record_run(args.out, cfg, args)
+    if args.world and is_suite_spec(args.world):
+        if depth:
+            raise ValueError("world suites run the segmentation table; give one world for "
+                             "--task depth")
+        result = run_transfer_suite(args.world, methods, list(range(args.seeds)), args.out, cfg,
+                                    device=args.device)
+        print(suite_markdown(result))
+        return 0
     real = bool(cfg.depth_real.source if depth else cfg.real.target)  # needs no world
     world = None if real else world_root(args.world, args.out, args.device)
     run = run_depth_transfer if depth else run_transfer

@@ -28,7 +28,6 @@ off the CFKD filter, SCP or SCA. Networks, stages and predictions are device-agn
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,12 +45,16 @@ from evtransfer.methods.result import MethodResult
 from evtransfer.metrics import garg_crop_mask
 from evtransfer.models import create_model
 from evtransfer.models.dpt import DPTDepth, DPTOutputs
-from evtransfer.models.weights import load_adapted, load_pretrained
+from evtransfer.models.released.bicross import load_dpt_init
+from evtransfer.models.weights import load_adapted
 
 
 def _fit(steps: int, lr: float) -> Callable[[], FitConfig]:
-    # weight_decay 0: code: BiCross/utils.py (Adam, no weight decay); steps and lr: our choice
-    return lambda: FitConfig(steps=steps, batch=8, lr=lr, min_lr=lr / 100, weight_decay=0.0)
+    # weight_decay 0: code: BiCross/utils.py (Adam, no weight decay); steps and lr: our choice.
+    # clip_grad 0 (off): code: BiCross/Trainer_*.py step their Adams on unclipped gradients
+    # (the field stays a switch; FitConfig's own default is 1.0)
+    return lambda: FitConfig(steps=steps, batch=8, lr=lr, min_lr=lr / 100, weight_decay=0.0,
+                             clip_grad=0.0)
 
 
 @dataclass
@@ -62,14 +65,25 @@ class BicrossConfig:
     depth_scale: float = 0.1  # unpublished: our choice (paper 6.016e-5; see docs)
     depth_shift: float = 0.0125  # unpublished: our choice (raw 0 -> 80 m; paper 0.00579)
     init_depth: float = 10.0  # unpublished: our choice (head bias starts here; 0: builder's)
-    rgb_init: str = ""  # a local state dict for stage 0 in our names ("": random, the world)
+    # stage 0's start: "" (random, the world), a BiCross / DPT / timm-hybrid file in its
+    # official layout (models/released/bicross.py), or a state dict in our names
+    rgb_init: str = ""
+    # code: BiCross/Trainer_crossmodality.py:73 swaps in timm's StdConv2dSame(128, 64, 7, 2)
+    # at its default eps (1e-6 in timm >= 0.4.12); the RGB hybrid stem uses 1e-8
+    spike_stem_eps: float = 1e-6
     input_size: tuple[int, int] = (0, 0)  # paper: 384×384; (0, 0): sides rounded up to ×32
     stem: str = "new"  # code: a fresh StdConv2dSame stem; "adapted": RGB filters tiled over T
     hflip: bool = False  # code: no augmentation
     sig_eps: float = 0.1  # code: BiCross/Loss.py SigLoss
     sig_lambda: float = 0.15  # code: BiCross/Loss.py SigLoss
-    rgb_backbone_lr_scale: float = 1.0  # unpublished: our choice (no ImageNet weights here)
+    rgb_backbone_lr_scale: float = 0.1  # code: train_config.json (lr_backbone 1e-5 / 1e-4)
     backbone_lr_scale: float = 0.1  # code: train_config.json (lr 1e-5 backbone, 1e-4 rest)
+    # code: BiCross/utils.py:66-71 get_optimizer puts net.pretrained into BOTH Adams (the
+    # scratch list takes every top-level module, `pretrained` included), so the backbone
+    # moves by (lr_backbone + lr_scratch): 1.1 x lr. True does that (one Adam group at
+    # (scale + 1) x lr: equal, see docs); False: the paper's / our old reading, scale x lr.
+    # The CKD / domain heads have their own Adam at lr_backbone in the code either way.
+    backbone_in_both: bool = True
     rgb: FitConfig = field(default_factory=_fit(200, 1e-3))  # stage 0, from scratch
     cfkd: FitConfig = field(default_factory=_fit(150, 5e-4))  # stage 1
     kd_weight: float = 0.01  # code: Trainer_crossmodality.py (0.01·(CKD + FKD))
@@ -217,13 +231,20 @@ def domain_loss(head: nn.Module, source: torch.Tensor, target: torch.Tensor,
 
 
 # --- networks and their inputs --------------------------------------------------------------
+def model_kwargs(cfg: BicrossConfig, in_chans: int) -> dict:
+    """`create_model` options of the depth network for `in_chans` (3: RGB, T: spikes)."""
+    kwargs = {"in_chans": in_chans, "uncertainty": True, "depth_mode": "inverse_affine",
+              "scale": cfg.depth_scale, "shift": cfg.depth_shift}
+    if cfg.model.startswith("dpt_hybrid") and in_chans != 3:
+        kwargs["stem_eps"] = cfg.spike_stem_eps
+    return kwargs
+
+
 def build_depth_model(cfg: BicrossConfig, in_chans: int, seed: int) -> DPTDepth:
     """The DPT depth network with uncertainty head and inverse-affine depth output; with
     `init_depth` > 0 the head's last bias is shifted so an untrained network predicts about
     `init_depth` metres (a from-scratch head otherwise starts at 1 / shift)."""
-    model = create_model(cfg.model, in_chans=in_chans, uncertainty=True,
-                         depth_mode="inverse_affine", scale=cfg.depth_scale,
-                         shift=cfg.depth_shift, seed=seed)
+    model = create_model(cfg.model, **model_kwargs(cfg, in_chans), seed=seed)
     if cfg.init_depth > 0:
         last = [m for m in model.head if isinstance(m, nn.Conv2d)][-1]
         with torch.no_grad():
@@ -287,13 +308,19 @@ def supervised_loss(out: DPTOutputs, depth: torch.Tensor, protocol: DepthProtoco
     return sig + l_u, sig, l_u
 
 
-def _param_groups(backbone: list[nn.Module], rest: list[nn.Module],
-                  scale: float) -> list[dict]:
-    """Two Adam groups: backbone parameters at `scale` × lr, everything else at lr."""
-    seen = {id(p) for m in backbone for p in m.parameters()}
-    slow = [p for m in backbone for p in m.parameters() if p.requires_grad]
-    fast = [p for m in rest for p in m.parameters() if p.requires_grad and id(p) not in seen]
-    return [{"params": slow, "lr_scale": scale}, {"params": fast}]
+def _param_groups(model: DPTDepth, heads: list[nn.Module], scale: float,
+                  in_both: bool) -> list[dict]:
+    """Adam groups of a stage: the network's backbone at (scale + 1) × lr when `in_both` (the
+    code steps it with both of its Adams, see `BicrossConfig.backbone_in_both`) or scale × lr,
+    the heads (CKD projections, domain classifier: their own Adam at lr_backbone in the code)
+    at scale × lr, the rest of the network at lr."""
+    backbone = [p for m in _backbone(model) for p in m.parameters() if p.requires_grad]
+    seen = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
+    groups = [{"params": backbone, "lr_scale": scale + 1.0 if in_both else scale},
+              {"params": rest}]
+    head_params = [p for m in heads for p in m.parameters() if p.requires_grad]
+    return groups + ([{"params": head_params, "lr_scale": scale}] if head_params else [])
 
 
 def _backbone(model: DPTDepth) -> list[nn.Module]:
@@ -318,7 +345,7 @@ def _rgb_key(cfg: BicrossConfig) -> tuple:
     """Every setting stage 0 depends on (the later stages start from its result)."""
     return (cfg.model, cfg.depth_scale, cfg.depth_shift, cfg.init_depth, cfg.input_size,
             cfg.hflip, cfg.sig_eps, cfg.sig_lambda, cfg.rgb, cfg.rgb_backbone_lr_scale,
-            cfg.rgb_init)
+            cfg.backbone_in_both, cfg.rgb_init)
 
 
 def train_rgb(data: DepthTransferData, cfg: BicrossConfig, root: Path, seed: int, device,
@@ -327,12 +354,8 @@ def train_rgb(data: DepthTransferData, cfg: BicrossConfig, root: Path, seed: int
     h, w = data.source[0]["depth"].shape
     size = network_size(h, w, cfg)
     model = build_depth_model(cfg, 3, seed)
-    if cfg.rgb_init:  # e.g. converted ImageNet / DPT weights; what does not match stays random
-        report = load_pretrained(model, cfg.rgb_init, strict=False)
-        if not report.loaded:
-            raise ValueError(f"bicross.rgb_init: nothing fits the RGB model\n{report.summary()}")
-        if not report.complete:
-            warnings.warn(f"bicross.rgb_init loaded partially:\n{report.summary()}", stacklevel=2)
+    if cfg.rgb_init:
+        load_dpt_init(model, cfg.rgb_init, "bicross.rgb_init")
     model = model.to(device)
 
     def step(batch: dict, state: TrainState) -> dict:
@@ -344,7 +367,7 @@ def train_rgb(data: DepthTransferData, cfg: BicrossConfig, root: Path, seed: int
         return {"loss": loss, "sig": sig.detach(), "unc": unc.detach()}
 
     run = stage_dir(root, "bicross_rgb", _rgb_key(cfg), data.key, seed)
-    groups = _param_groups(_backbone(model), [model], cfg.rgb_backbone_lr_scale)
+    groups = _param_groups(model, [], cfg.rgb_backbone_lr_scale, cfg.backbone_in_both)
     minutes = fit({"model": model}, data.source, step, cfg.rgb, run_dir=run, seed=seed,
                   device=device, progress=progress, param_groups=groups)
     return model, minutes
@@ -391,9 +414,9 @@ def train_cfkd(rgb: DPTDepth, data: DepthTransferData, cfg: BicrossConfig, root:
                            batch["x"], batch["depth"], size, data.protocol, cfg)
 
     run = stage_dir(root, "bicross_cfkd", _rgb_key(cfg), cfg.cfkd, cfg.stem,
-                    cfg.backbone_lr_scale, cfg.kd_weight, cfg.ckd_hidden, cfg.ckd_dim,
-                    cfg.fkd_filter, data.key, seed)
-    groups = _param_groups([*_backbone(student), heads], [student], cfg.backbone_lr_scale)
+                    cfg.backbone_lr_scale, cfg.backbone_in_both, cfg.kd_weight, cfg.ckd_hidden,
+                    cfg.ckd_dim, cfg.fkd_filter, cfg.spike_stem_eps, data.key, seed)
+    groups = _param_groups(student, [heads], cfg.backbone_lr_scale, cfg.backbone_in_both)
     minutes = fit({"student": student, "heads": heads}, data.source, step, cfg.cfkd,
                   run_dir=run, seed=seed, device=device, progress=progress, param_groups=groups)
     return student, minutes
@@ -475,8 +498,8 @@ def train_scts(student: DPTDepth, data: DepthTransferData, cfg: BicrossConfig, r
         return losses
 
     pairs = DomainPairs(data.target, data.source, seed)
-    groups = _param_groups([*_backbone(model), *([modules["domain"]] if "domain" in modules
-                                                 else [])], [model], cfg.backbone_lr_scale)
+    groups = _param_groups(model, [modules["domain"]] if "domain" in modules else [],
+                           cfg.backbone_lr_scale, cfg.backbone_in_both)
     minutes = fit(modules, pairs, step, cfg.scts, run_dir=run, seed=seed, device=device,
                   progress=progress, param_groups=groups)
     return model, minutes
@@ -514,7 +537,7 @@ def train_on_target(rgb: DPTDepth, labeled: Dataset, data: DepthTransferData,
         loss, sig, unc = supervised_loss(out, batch["depth"], data.protocol, cfg)
         return {"loss": loss, "sig": sig.detach(), "unc": unc.detach()}
 
-    groups = _param_groups(_backbone(model), [model], cfg.backbone_lr_scale)
+    groups = _param_groups(model, [], cfg.backbone_lr_scale, cfg.backbone_in_both)
     minutes = fit({"model": model}, labeled, step, cfg.supervised, run_dir=run, seed=seed,
                   device=device, progress=progress, param_groups=groups)
     return model, minutes
@@ -539,9 +562,8 @@ def _result(model: DPTDepth, data: DepthTransferData, cfg: BicrossConfig, device
     """The student as a `MethodResult`, with the spec that rebuilds it for a model package."""
     model.eval()
     height = data.test[0]["spikes"].shape[-2]
-    kwargs = {"in_chans": data.frames, "uncertainty": True, "depth_mode": "inverse_affine",
-              "scale": cfg.depth_scale, "shift": cfg.depth_shift}
-    spec = {"model": cfg.model, "kwargs": kwargs, "task": "depth", "output": "depth",
+    spec = {"model": cfg.model, "kwargs": model_kwargs(cfg, data.frames), "task": "depth",
+            "output": "depth",
             "input": {"size": network_size(height, data.width, cfg), "resize": "nearest"}}
     return MethodResult(lambda x: predict_depth(model, x, data.width, cfg, device=device),
                         model, minutes, spec)
@@ -584,7 +606,8 @@ def spike_supervised(data: DepthTransferData, cfg: BicrossConfig, root: str | Pa
     root, device = Path(root), torch.device(device)
     rgb, t_rgb = train_rgb(data, cfg, root, seed, device, progress)
     run = stage_dir(root, "bicross_supervised", _rgb_key(cfg), cfg.supervised, cfg.stem,
-                    cfg.backbone_lr_scale, data.key, seed)
+                    cfg.backbone_lr_scale, cfg.backbone_in_both, cfg.spike_stem_eps, data.key,
+                    seed)
     model, t_sup = train_on_target(rgb, labeled, data, cfg, run, seed, device, progress)
     return _result(model, data, cfg, device, {"rgb": t_rgb, "supervised": t_sup})
 

@@ -35,6 +35,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ from evtransfer.models.flow import iterative_flow_net
 from evtransfer.models.heads import init_weights
 from evtransfer.models.mit import MixVisionTransformer, init_mit_weights, mit_config
 from evtransfer.models.ssl import dense_token_encoder, projection_head
-from evtransfer.models.swin import SwinTransformer, UPerNet
+from evtransfer.models.swin import SwinTransformer, UPerNet, swin_init
 from evtransfer.models.weights import load_encoder_init, save_encoder
 
 TOKEN_STRIDE = 16
@@ -92,17 +93,23 @@ class BackboneConfig:
     window: int = 7  # code: swin_small.yml
     mit_variant: str = "b0"  # unpublished: our choice (the MiT option)
     eps: float = 1e-6  # code: model/network/swin_pretrain.py (LayerNorm eps 1e-6)
+    # code: model/network/swin_pretrain.py:496-511 defines a truncated-normal rule in
+    # `init_weights` but never applies it (and `init_all` is False), so Swin's linear and conv
+    # layers (and the fusion's) keep PyTorch's defaults: "torch". "trunc_normal": that rule
+    # (weights N(0, 0.02) truncated, biases 0), except patch embeddings (see `build`)
+    init: str = "torch"
 
     def build(self, in_chans: int, seed: int, mask_token: bool = False) -> nn.Module:
-        """A seeded encoder with `in_chans` inputs (Swin with stage norms, or MiT). Patch
-        embeddings keep PyTorch's default conv init (non-zero bias, as the code's SWIN with
-        init_all=False): with a zero bias, an empty patch — most of a sparse event tensor —
-        reaches the patch LayerNorm as a zero vector, whose gradient is scaled by 1/√eps."""
+        """A seeded encoder with `in_chans` inputs (Swin with stage norms, or MiT). Swin follows
+        `init` (see `swin_init`). Patch embeddings keep PyTorch's default conv init under both
+        rules (non-zero bias, as the code's SWIN): with a zero bias, an empty patch — most of a
+        sparse event tensor — reaches the patch LayerNorm as a zero vector, whose gradient is
+        scaled by 1/√eps."""
         if self.arch == "swin":
             net = SwinTransformer(in_chans, 0, self.embed_dim, self.depths, self.num_heads,
                                   self.window, stage_norms=True, mask_token=mask_token,
                                   eps=self.eps)
-            return init_weights(net, seed, conv="uniform")
+            return swin_init(net, self.init, seed)
         if self.arch == "mit":
             cfg = mit_config(self.mit_variant, in_chans=in_chans, drop_path_rate=0.0)
             net = init_mit_weights(MixVisionTransformer(cfg), seed)
@@ -152,6 +159,11 @@ class MaskConfig:
 
     probability: float = 0.5  # code: mask_sample_probability
     ratio: tuple[float, float] = (0.1, 0.5)  # code: mask_ratio_min_max
+    # code: model/pretrain_model.py:290,298 draws int(N·r) tokens with N = n_tokens² = 64
+    # (BaseModel's default n_tokens=8, never passed) whatever the grid: 4–22 % of its 12 × 12
+    # grid. `count_base` is that N; 0 reads the ratios as fractions of the grid (the config's
+    # and the paper's reading, N = h·w)
+    count_base: int = 64
     min_patches: int = 4  # code: MaskingGenerator min_num_patches
     min_aspect: float = 0.3  # code: MaskingGenerator min_aspect
     max_fraction: float = 0.5  # code: MaskingGenerator max_num_patches = 0.5·N
@@ -209,12 +221,15 @@ class FinetuneConfig:
     # RandomResizedCrop to the input size; this is the equivalent area range)
     tta_scales: tuple[float, ...] = (1.0, 1.5, 2.0)  # code: eval_seg.py
     tta_flip: bool = True  # code: eval_seg.py
+    # clip_grad 0 (off) in all three: code: config/seg/swin_small.yml sets no max_grad_norm, so
+    # trainer/base_trainer.py:28 never clips; the supplement names no clipping for flow/depth
     segmentation: FitConfig = field(default_factory=lambda: FitConfig(
-        steps=2000, batch=8, lr=2.5e-4, weight_decay=0.05, warmup_steps=200))  # code (lr at B 8)
+        steps=2000, batch=8, lr=2.5e-4, weight_decay=0.05, warmup_steps=200,
+        clip_grad=0.0))  # code (lr at B 8)
     flow: FitConfig = field(default_factory=lambda: FitConfig(
-        steps=2000, batch=6, lr=2e-4, warmup_steps=100))  # paper (supp: lr 2e-4, B 6)
+        steps=2000, batch=6, lr=2e-4, warmup_steps=100, clip_grad=0.0))  # paper (supp)
     depth: FitConfig = field(default_factory=lambda: FitConfig(
-        steps=5600, batch=16, lr=2e-4, warmup_steps=100))  # paper (supp: 5.6 k it, B 16)
+        steps=5600, batch=16, lr=2e-4, warmup_steps=100, clip_grad=0.0))  # paper (supp)
     flow_dim: int = 128  # unpublished: our choice (RAFT's feature width)
     flow_hidden: int = 96  # unpublished: our choice
     flow_iters: int = 6  # unpublished: our choice
@@ -322,14 +337,19 @@ def block_mask(h: int, w: int, n_mask: int, cfg: MaskConfig, generator: torch.Ge
 
 def sample_masks(n: int, h: int, w: int, cfg: MaskConfig, generator: torch.Generator
                  ) -> Tensor:
-    """(n, h, w) bool masks: int(n·probability) samples get ratios spread over `cfg.ratio`
-    (sample i drawn in [r_i, r_{i+1}] of a linspace), the rest none; order shuffled."""
+    """(n, h, w) bool masks: int(n·probability) samples get about int(N·r) masked tokens
+    (N = `cfg.count_base`, or h·w when it is 0; sample i draws r in [r_i, r_{i+1}] of a
+    linspace over `cfg.ratio`), the rest none; order shuffled."""
+    base = cfg.count_base or h * w
+    if not 0 < base <= h * w:
+        raise ValueError(f"masks.count_base must be in [0, {h * w}] (the {h}x{w} token grid of "
+                         f"a global crop), got {cfg.count_base}")
     masked = int(n * cfg.probability)
     edges = torch.linspace(cfg.ratio[0], cfg.ratio[1], masked + 1).tolist()
     masks = []
     for i in range(masked):
         r = edges[i] + (edges[i + 1] - edges[i]) * float(torch.rand((), generator=generator))
-        masks.append(block_mask(h, w, int(h * w * r), cfg, generator))
+        masks.append(block_mask(h, w, int(base * r), cfg, generator))
     masks += [torch.zeros(h, w, dtype=torch.bool)] * (n - masked)
     return torch.stack(masks)[torch.randperm(n, generator=generator)]
 
@@ -356,6 +376,8 @@ class EcddpNet(nn.Module):
         dim = cfg.backbone.token_dim()
         encoder = cfg.backbone.build(in_chans, seed, mask_token=True)
         self.backbone = dense_token_encoder(encoder, dim, seed)
+        if cfg.backbone.arch == "swin":  # the fusion is part of the code's SWIN
+            swin_init(self.backbone.fusion, cfg.backbone.init, seed)
         h = cfg.heads
         args = (dim, h.prototypes, h.hidden, h.bottleneck, h.layers)
         self.dino_head = projection_head(*args, pool=True, seed=seed + 1)
@@ -376,17 +398,38 @@ def check_views(cfg: ViewConfig) -> None:
                          f"of 32, got {sizes}")
 
 
-def ecddp_losses(student: EcddpNet, teacher: EcddpNet, view: Tensor, cfg: PretrainConfig,
-                 teacher_temp: float, generator: torch.Generator) -> dict[str, Tensor]:
-    """The three losses of one batch of views x⁺ (B, C, V, V) and their weighted sum."""
-    b, v, k, n_local = view.shape[0], cfg.views, cfg.clusters, cfg.views.local_number
+class Views(NamedTuple):
+    """The crops of one batch of x⁺ (B, C, V, V), crop major: `global_crops` (2B, C, G, G),
+    `local_crops` (n_local·B, C, L, L), `grid` (2B, G/16, G/16, 2) the global crops' token
+    positions in x⁺ (grid_sample coordinates), `masks` (2B, G/16, G/16) bool."""
+
+    global_crops: Tensor
+    local_crops: Tensor
+    grid: Tensor
+    masks: Tensor
+
+
+def sample_views(view: Tensor, cfg: PretrainConfig, generator: torch.Generator) -> Views:
+    """Two global and `local_number` local random resized crops of every x⁺, the global crops'
+    token grids, and their block masks."""
+    b, v = view.shape[0], cfg.views
     g_crops, g_boxes, g_flips = resized_crops(view, 2, v.global_size, v.global_scale, v.ratio,
                                               generator)
-    l_crops, _, _ = resized_crops(view, n_local, v.local_size, v.local_scale, v.ratio,
+    l_crops, _, _ = resized_crops(view, v.local_number, v.local_size, v.local_scale, v.ratio,
                                   generator)
     ng = v.global_size // TOKEN_STRIDE
     grid = box_grid(g_boxes, g_flips, ng, view.shape[-1]).to(view.device)
     masks = sample_masks(2 * b, ng, ng, cfg.masks, generator).to(view.device)
+    return Views(g_crops, l_crops, grid, masks)
+
+
+def ecddp_losses(student: EcddpNet, teacher: EcddpNet, view: Tensor, cfg: PretrainConfig,
+                 teacher_temp: float, generator: torch.Generator,
+                 views: Views | None = None) -> dict[str, Tensor]:
+    """The three losses of one batch of views x⁺ (B, C, V, V) and their weighted sum; the
+    crops are `views`, or sampled from `generator` (which then also seeds K-means)."""
+    b, k, n_local = view.shape[0], cfg.clusters, cfg.views.local_number
+    g_crops, l_crops, grid, masks = views or sample_views(view, cfg, generator)
     flat_mask = masks.flatten()
     temp, it = teacher_temp, cfg.sinkhorn_iters
     with torch.no_grad():
@@ -466,6 +509,11 @@ def pretrain_ecddp(groups: list[Group], cfg: PretrainConfig, root: str | Path, *
     Returns its summary: `encoder` (path of encoder.safetensors), `steps`, `minutes`,
     `samples_per_s`, `peak_memory_mb`, `memory_kind`, final losses."""
     check_views(cfg.views)
+    grid = (cfg.views.global_size // TOKEN_STRIDE) ** 2
+    if cfg.masks.count_base > grid:
+        raise ValueError(f"masks.count_base {cfg.masks.count_base} exceeds the {grid} tokens of "
+                         f"a {cfg.views.global_size}-px global crop (the code's 64 is for its "
+                         f"192-px crops; scale it, or 0 for the ratio reading)")
     device = torch.device(device)
     run = stage_dir(root, "ECDDP-pretrain", cfg, fingerprint(*(t for g in groups for t in g)),
                     seed)

@@ -158,7 +158,9 @@ class ViTHybrid(nn.Module):
     `forward_tokens(x)` returns `HybridTokens`; `forward_features(x)` returns four maps:
     stem stage 1 and 2 (`stem_widths[0:2]` channels, strides 4, 8) and the two hooked token
     maps with the readout token dropped (`embed_dim` channels, stride 16). Input sides
-    must be multiples of 16. BiCross's spike stem is this with `in_chans=128`.
+    must be multiples of 16. BiCross's spike stem is this with `in_chans=128`. `stem_eps` is
+    the first conv's standardisation eps: 1e-8 in timm's hybrid (vision_transformer_hybrid.py
+    `_resnetv2`), 1e-6 for BiCross's replaced spike stem (timm's StdConv2dSame default).
     """
 
     def __init__(
@@ -171,6 +173,8 @@ class ViTHybrid(nn.Module):
         num_heads: int = 12,
         hooks: Sequence[int] = (8, 11),
         pretrain_grid: int = 24,
+        mlp_ratio: float = 4.0,
+        stem_eps: float = 1e-8,
     ) -> None:
         super().__init__()
         if len(stem_depths) != 3 or len(stem_widths) != 3:
@@ -179,7 +183,7 @@ class ViTHybrid(nn.Module):
             raise ValueError(f"hooks must be 2 increasing block indices, the last {depth - 1} "
                              f"(blocks after it would be unused), got {hooks}")
         self.in_chans = in_chans
-        self.stem_conv = StdConv2d(in_chans, 64, 7, 2, same=True)
+        self.stem_conv = StdConv2d(in_chans, 64, 7, 2, same=True, eps=stem_eps)
         self.stem_norm = _gn(64)
         stages, cin = [], 64
         for i, (d, w) in enumerate(zip(stem_depths, stem_widths, strict=True)):
@@ -191,7 +195,8 @@ class ViTHybrid(nn.Module):
         self.patch_proj = nn.Conv2d(cin, embed_dim, 1)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pretrain_grid**2, embed_dim))
-        self.blocks = nn.ModuleList([ViTBlock(embed_dim, num_heads) for _ in range(depth)])
+        self.blocks = nn.ModuleList([ViTBlock(embed_dim, num_heads, mlp_ratio)
+                                     for _ in range(depth)])
         self.hooks = tuple(hooks)
         self.embed_dim = embed_dim
         self.feature_channels = (stem_widths[0], stem_widths[1], embed_dim, embed_dim)
@@ -395,19 +400,20 @@ def _build(encoder: nn.Module, seed: int, options: dict) -> DPTDepth:
 def dpt_hybrid(in_chans: int = 3, features: int = 256, readout: Readout = "project",
                uncertainty: bool = True, uncertainty_activation: ActivationName = "none",
                non_negative: bool = False, depth_mode: DepthMode = "raw",
-               scale: float = 6.016e-5, shift: float = 0.00579, seed: int = 0) -> DPTDepth:
+               scale: float = 6.016e-5, shift: float = 0.00579, stem_eps: float = 1e-8,
+               seed: int = 0) -> DPTDepth:
     """DPT-Hybrid: ViT-B/16 (12 blocks, 768, hooks 8/11) on a 3-4-9 ResNet stem, 256
-    features, readout project. Decoder options as `DPTDepth`."""
-    return _build(ViTHybrid(in_chans, **_HYBRID_BASE), seed, locals())
+    features, readout project; `stem_eps` as `ViTHybrid`. Decoder options as `DPTDepth`."""
+    return _build(ViTHybrid(in_chans, **_HYBRID_BASE, stem_eps=stem_eps), seed, locals())
 
 
 def dpt_hybrid_small(in_chans: int = 3, features: int = 64, readout: Readout = "project",
                      uncertainty: bool = True, uncertainty_activation: ActivationName = "none",
                      non_negative: bool = False, depth_mode: DepthMode = "raw",
-                     scale: float = 6.016e-5, shift: float = 0.00579,
+                     scale: float = 6.016e-5, shift: float = 0.00579, stem_eps: float = 1e-8,
                      seed: int = 0) -> DPTDepth:
     """A small DPT-Hybrid for CPU runs (1-1-1 stem, 192-dim 4-block ViT, 64 features)."""
-    return _build(ViTHybrid(in_chans, **_HYBRID_SMALL), seed, locals())
+    return _build(ViTHybrid(in_chans, **_HYBRID_SMALL, stem_eps=stem_eps), seed, locals())
 
 
 def _mit_builder(variant: str):

@@ -16,6 +16,7 @@ DINO-style projection heads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -201,9 +202,16 @@ def dense_token_encoder(encoder: nn.Module, dim: int, seed: int = 0) -> DenseTok
 
 def projection_head(dim: int, prototypes: int, hidden: int = 2048, bottleneck: int = 256,
                     layers: int = 3, pool: bool = False, seed: int = 0) -> ProjectionHead:
-    """A seeded `ProjectionHead` (linear weights truncated normal 0.02, `g` = 1)."""
+    """A seeded `ProjectionHead` as ECDDP's `DINOHead` initialises it (code:
+    model/network/layers.py): MLP and pool linear weights truncated normal 0.02, biases 0,
+    query and position embedding truncated normal 0.02, prototype directions `v` PyTorch's
+    default linear init (U(±1/√bottleneck), applied before `weight_norm`), `g` = 1."""
     head = init_weights(ProjectionHead(dim, prototypes, hidden, bottleneck, layers, pool), seed)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        v = torch.empty_like(head.last_layer.weight_v, device="cpu")
+        nn.init.kaiming_uniform_(v, a=math.sqrt(5), generator=gen)
+        head.last_layer.weight_v.copy_(v)
         head.last_layer.weight_g.fill_(1.0)
     return head
 

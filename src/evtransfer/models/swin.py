@@ -389,6 +389,38 @@ class UPerNet(nn.Module):
         return self.forward_all(x).logits
 
 
+def swin_init(module: nn.Module, scheme: str, seed: int) -> nn.Module:
+    """Seeded initialisation of a Swin encoder or a `DenseTokenFusion` in place; returns it.
+
+    Both schemes: LayerNorms 1/0, relative position tables truncated normal std 0.02, a mask
+    token 0, patch-embedding convs PyTorch's default. `"torch"`: every other linear and conv
+    layer PyTorch's default (weights U(±1/√fan_in), biases U(±1/√fan_in)), what ECDDP's SWIN
+    keeps since its `init_weights` is never applied. `"trunc_normal"`: their weights
+    truncated normal std 0.02 and biases 0 (that unapplied rule).
+    """
+    if scheme not in ("torch", "trunc_normal"):
+        raise ValueError(f"backbone.init must be 'torch' or 'trunc_normal', got {scheme!r}")
+    init_weights(module, seed, conv="uniform")
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear | nn.Conv2d
+                                                          | nn.ConvTranspose2d)]
+    patch = {id(m) for pe in module.modules() if isinstance(pe, PatchEmbed)
+             for m in pe.modules()}
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in layers:
+            if id(m) in patch:
+                continue
+            if scheme == "torch":
+                m.reset_parameters()
+            else:
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if getattr(module, "mask_token", None) is not None:
+            module.mask_token.zero_()
+    return module
+
+
 def swin_t(in_chans: int = 3, num_classes: int = 1000, stage_norms: bool = True,
            mask_token: bool = False, window: int = 7, eps: float = 1e-5,
            seed: int = 0) -> SwinTransformer:
