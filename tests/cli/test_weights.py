@@ -137,3 +137,32 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
                  str(tmp_path / "o.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "not e2vid-lightweight's layout" in err and "found a ESS" in err
+
+
+def test_ecddp_swin_converts_to_an_encoder_that_init_fills(tmp_path, capsys):
+    """ECDDP's released layout ({"model": student/teacher backbones, "optimizer",
+    "current_epoch"}) converts to an encoder checkpoint that `--init` loads into a
+    fine-tuning UPerNet Swin-T of another input width (only the patch embedding's conv left
+    at its init, as ECDDP's fine-tuning re-initialises it); the student, not the teacher."""
+    from evtransfer.models import create_model
+    from evtransfer.models.released.ecddp import ecddp_swin_t
+    from evtransfer.models.weights import encoder_init
+
+    released = ecddp_swin_t(6, seed=3)
+    names = {k.replace("encoder.", "", 1) if k.startswith("encoder.") else
+             k.replace("fusion.", "", 1): v for k, v in released.state_dict().items()}
+    state = {f"student.backbone.{k}": v for k, v in names.items()}
+    state |= {f"teacher.backbone.{k}": v + 1 for k, v in names.items()}
+    path = tmp_path / "ecddp_swin_t.pt"
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": []},
+                "current_epoch": 300}, path)
+    assert main(["weights", "inspect", str(path)]) == 0
+    assert "--as ecddp-swin-t: all" in capsys.readouterr().out
+    out = tmp_path / "ecddp-enc.safetensors"
+    assert main(["weights", "convert", str(path), "--as", "ecddp-swin-t", "-o", str(out)]) == 0
+    with encoder_init(out) as scope:
+        net = create_model("upernet_swin_t", in_chans=20, num_classes=11, eps=1e-6)
+    report = scope.reports[0][1]
+    assert [k for k, *_ in report.mismatched] == ["patch_embed.proj.weight"]
+    w = "layers.2.blocks.3.attn.qkv.weight"
+    assert torch.equal(net.encoder.state_dict()[w], released.encoder.state_dict()[w])
