@@ -166,3 +166,22 @@ def test_ecddp_swin_converts_to_an_encoder_that_init_fills(tmp_path, capsys):
     assert [k for k, *_ in report.mismatched] == ["patch_embed.proj.weight"]
     w = "layers.2.blocks.3.attn.qkv.weight"
     assert torch.equal(net.encoder.state_dict()[w], released.encoder.state_dict()[w])
+
+
+def test_bicross_layouts_are_recognised_and_foreign_tensors_named(tmp_path, capsys):
+    """A BiCross trainer file whose tensors are not DPT-Hybrid's is refused by name. The
+    loader's parity (tests/models/test_dpt_parity.py) runs on a reduced hybrid; a full-size
+    file is 490 MB, too large for this suite."""
+    path = tmp_path / "DPTDepthModel_best.pt"
+    torch.save({"model_state_dict": {"backbone.layer1.weight": torch.ones(2)},
+                "optimizer_backbone_state_dict": {"state": {}, "param_groups": []}}, path)
+    assert main(["weights", "inspect", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "(layout bicross)" in out and "--as bicross: refused:" in out
+    assert "backbone.layer1.weight" in out
+    assert main(["weights", "convert", str(path), "--as", "bicross", "-o",
+                 str(tmp_path / "b.safetensors")]) == 2
+    assert "backbone.layer1.weight" in capsys.readouterr().err
+    assert main(["weights", "convert", str(path), "--as", "dpt-hybrid-midas", "-o",
+                 str(tmp_path / "b.safetensors")]) == 2
+    assert "not dpt-hybrid-midas's layout" in capsys.readouterr().err
