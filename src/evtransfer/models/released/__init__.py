@@ -19,6 +19,11 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from evtransfer.models.released.ecddp import RELEASED as ECDDP_RELEASED
+from evtransfer.models.released.ecddp import ecddp_swin_t, load_ecddp_backbone
+from evtransfer.models.released.evdistill import CHECKPOINTS as EVDISTILL_CHECKPOINTS
+from evtransfer.models.released.evdistill import EvdistillCheckpoint, load_evdistill
+
 # What `convert` writes for an entry: a model package (engine/package.py) that `predict`,
 # `evaluate` and `export` take; a safetensors state dict in our names for the config field
 # the entry's `used_by` names; or an encoder checkpoint (`models.weights.save_encoder`) for
@@ -102,10 +107,17 @@ _EVDISTILL_SPEC = ("code: addisonwang2013/evdistill event_aps_dataset_v2.py:23,6
                    "ImageNet mean/std are not applied on the test path)")
 
 
-def _evdistill(name: str, file_name: str, dataset: str, teacher: bool, figure: str) -> Released:
+def _evdistill(c: EvdistillCheckpoint) -> Released:
+    """The catalogue entry of one of models/released/evdistill.py's CHECKPOINTS."""
+    teacher = c.role == "teacher"
     what = "APS frame" if teacher else "event image (events pre-rendered as RGB by the authors)"
+    figure = (f"EvDistill on {c.dataset} test: {c.paper_miou} mIoU (nanmean; the paper as "
+              "listed in a public benchmark summary)" if c.paper_miou is not None else
+              f"the {c.role}'s mIoU printed by test_evdistill.py (no published figure)")
     return Released(
-        name=name, paper=_EVDISTILL, file_name=file_name,
+        name=c.name, paper=_EVDISTILL,
+        file_name=c.file + (" (unverified: the README names the folder, not the files)"
+                            if c.dataset == "MVSEC" else ""),
         published="addisonwang2013/evdistill README 'Download the pretrained models' (a "
                   "Google Drive folder; put under ./res/)",
         layout="evdistill", model="deeplabv3plus_resnet101",
@@ -116,7 +128,7 @@ def _evdistill(name: str, file_name: str, dataset: str, teacher: bool, figure: s
             representation=f"{what}, RGB in [0, 1]", window="pre-rendered in the release",
             sensor=(346, 260), crop="the PNG half, resized bicubically to 256x512",
             normalisation="none (ToTensor only)", size=(256, 512), source=_EVDISTILL_SPEC),
-        label_space="ddd17" if dataset == "DDD17" else "",
+        label_space="ddd17" if c.dataset == "DDD17" else "",
         package={"modality": "images", "kind": "aps_frame" if teacher else "event_image",
                  "sensor": (346, 260), "size": (256, 512)},
         figure=figure)
@@ -215,39 +227,24 @@ CATALOGUE: tuple[Released, ...] = (
                  "crop_bottom": 60, "size": (200, 352), "resize": "bilinear"},
         figure="ESS UDA on DDD17: 87.86 Acc / 52.46 mIoU (the ESS paper; "
                "unverified, see docs/weights.md)"),
-    _evdistill("evdistill-ddd17-student", "ddd17_event_ckpt.pth (configs/configurations.py: "
-               "eventdual_2ch_iter_28000_event_0.58_best.pth)", "DDD17", False,
-               "EvDistill on DDD17 test: 58.02 mIoU (nanmean; the paper as listed in a public "
-               "benchmark summary, consistent with the file's '0.58')"),
-    _evdistill("evdistill-ddd17-teacher", "ddd17_aps_ckpt.pth", "DDD17", True,
-               "the APS teacher's mIoU printed by test_evdistill.py (not in the paper)"),
-    _evdistill("evdistill-mvsec-student", "MVSEC event checkpoint (file name unverified)",
-               "MVSEC", False, "EvDistill on MVSEC (take the number from the paper: "
-               "unverified here)"),
-    _evdistill("evdistill-mvsec-teacher", "MVSEC APS checkpoint (file name unverified)",
-               "MVSEC", True, "the APS teacher on MVSEC (not in the paper)"),
+    *(_evdistill(c) for c in EVDISTILL_CHECKPOINTS),
     Released(
-        name="ecddp-swin-t",
-        paper="Yang, Pan, Liu, Event Camera Data Dense Pre-training, ECCV 2024 (ECDDP)",
+        name="ecddp-swin-t", paper=ECDDP_RELEASED["paper"] + " (ECDDP)",
         file_name="the pre-trained swin-t/7 .pt (README's Google Drive link)",
-        published="Yan98/Event-Camera-Data-Dense-Pre-training README 'pre-trained swin-t/7'",
-        layout="ecddp", model="swin_t (DenseTokenEncoder: Swin-T/7 + 768-ch fusion)",
+        published="Yan98/Event-Camera-Data-Dense-Pre-training " + ECDDP_RELEASED["published"],
+        layout="ecddp", model="ecddp_swin_t (models/released/ecddp.py): "
+                              + ECDDP_RELEASED["architecture"].split(": ", 1)[1],
         kwargs={"in_chans": 6},
         key_map="student.backbone.* -> encoder.* (Swin) and fusion.fpns.*; "
                 "relative_position_index buffers recomputed",
         expects=Expects(
-            representation="pre-training: 6-bin voxel grid, polarities summed "
-                           "(no_event_polarity); DSEC fine-tuning: 20-channel (10 x 2) "
-                           "histograms, the patch embedding re-initialised (keep_patch_keys "
-                           "false)",
-            window="pre-training: random 320x320 crops of E-TartanAir windows; DSEC "
-                   "fine-tuning: the last 10 x 50 000 events before a label",
-            sensor=(640, 480), crop="DSEC fine-tuning: bottom 40 rows cut, then resized "
-                                    "bilinearly to 448x640",
-            normalisation="none", size=(0, 0),
+            representation="pre-training: " + ECDDP_RELEASED["pretraining_input"],
+            window="fine-tuning: " + ECDDP_RELEASED["finetuning_input"],
+            sensor=(640, 480), crop="see the fine-tuning input", normalisation="none",
+            size=(0, 0),
             source="code: Yan98/Event-Camera-Data-Dense-Pre-training "
-                   "config/pretrain/swin_small.yml:9-13, config/seg/swin_small.yml:7-14,26,48, "
-                   "data/DESC_dataset.py; README.md:47"),
+                   "config/pretrain/swin_small.yml:9-13, config/seg/swin_small.yml:7-14,26,48; "
+                   "README.md:47"),
         product="encoder", task="pre-training", used_by="evtransfer train --init",
         figure="fine-tuned on DSEC-Semantic: 61.25 mIoU (paper Tab. 1; a user got < 60)"),
     Released(
@@ -405,8 +402,6 @@ def _load_ess(item: Released, path: Path) -> Loaded:
 
 
 def _load_ecddp(item: Released, path: Path) -> Loaded:
-    from evtransfer.models.released.ecddp import ecddp_swin_t, load_ecddp_backbone
-
     network = ecddp_swin_t(**item.kwargs)
     count = load_ecddp_backbone(network, path)
     return Loaded(network.eval(), dict(item.kwargs), count)
@@ -426,8 +421,6 @@ def _load_dpt(item: Released, path: Path) -> Loaded:
 
 
 def _load_evdistill(item: Released, path: Path) -> Loaded:
-    from evtransfer.models.released.evdistill import load_evdistill
-
     network = load_evdistill(path, item.kwargs["num_classes"])
     state = network.state_dict()
     kwargs = {**item.kwargs, "in_chans": int(state["encoder.conv1.weight"].shape[1])}
