@@ -14,7 +14,7 @@ import sys
 import zipfile
 
 from evtransfer import __version__
-from evtransfer.cli import inference, io, simulate, train, world
+from evtransfer.cli import inference, io, simulate, train, weights, world
 from evtransfer.cli._args import check_device, check_out
 from evtransfer.cli._record import print_config
 
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"evtransfer {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (train.add_demo, simulate.add, io.add, world.add, train.add, inference.add):
+    for add in (train.add_demo, simulate.add, io.add, world.add, train.add, inference.add,
+                weights.add):
         add(sub)
     for p in _all_parsers(parser):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

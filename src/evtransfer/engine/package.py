@@ -38,6 +38,8 @@ TASKS = ("segmentation", "depth")
 OUTPUTS = {"segmentation": ("logits",), "depth": ("depth",)}
 EVENT_KINDS = ("voxel", "histogram", "evsegnet")
 SPIKE_KINDS = ("spike_stack",)
+# EvDistill's released side-by-side PNGs: the events pre-rendered as RGB, or the APS frame
+IMAGE_KINDS = ("event_image", "aps_frame")
 
 # Class names of the label spaces the world and the datasets use, in id order.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -64,10 +66,12 @@ class InputSpec:
     spike_stack, the last `frames` readouts mapped to ±1. `sensor` (width, height) is the
     training sensor; `crop_bottom` rows are cut from the bottom of the representation, which is
     then resized to `size` (H, W) when it differs (`resize`: bilinear with align_corners=True,
-    as ESS and ECDDP resize, or nearest, as BiCross resizes spikes).
+    as ESS and ECDDP resize, or nearest, as BiCross resizes spikes). Images: a half of
+    EvDistill's released side-by-side PNGs in [0, 1] (3 channels, resized to `size`), `kind`
+    event_image (the events pre-rendered by its authors; no window applies) or aps_frame.
     """
 
-    modality: str = "events"  # events | spikes
+    modality: str = "events"  # events | spikes | images
     kind: str = "voxel"
     bins: int = 5
     normalize: bool = True
@@ -103,8 +107,12 @@ class InputSpec:
                 out.append(f"spike kind must be one of {SPIKE_KINDS}, got {self.kind!r}")
             if self.frames < 1:
                 out.append(f"spike input needs frames >= 1, got {self.frames}")
+        elif self.modality == "images":
+            if self.kind not in IMAGE_KINDS:
+                out.append(f"image kind must be one of {IMAGE_KINDS}, got {self.kind!r}")
         else:
-            out.append(f"modality must be 'events' or 'spikes', got {self.modality!r}")
+            out.append(f"modality must be 'events', 'spikes' or 'images', got "
+                       f"{self.modality!r}")
         if self.num_windows < 1:
             out.append(f"num_windows must be >= 1, got {self.num_windows}")
         if len(self.sensor) != 2 or min(self.sensor) < 1:
@@ -121,6 +129,8 @@ class InputSpec:
         """Input channels of the network: per-chunk channels × num_windows (or frames)."""
         if self.modality == "spikes":
             return self.frames
+        if self.modality == "images":
+            return 3
         per = {"voxel": self.bins, "histogram": 2, "evsegnet": 6}[self.kind]
         return per * self.num_windows
 
@@ -128,6 +138,9 @@ class InputSpec:
         """The window in words, e.g. '50000 µs' or '20 × 100000 events'."""
         if self.modality == "spikes":
             return f"{self.frames} spike frames"
+        if self.modality == "images":
+            return ("one pre-rendered RGB event image" if self.kind == "event_image"
+                    else "one APS frame")
         chunks = f"{self.num_windows} × " if self.num_windows > 1 else ""
         if self.window_us:
             return f"{self.window_us} µs" + (f" in {self.num_windows} chunks" if chunks else "")

@@ -11,7 +11,11 @@
   100 000, in the model's number of chunks.
 - `ddd17`: ESS protocol (`data.ddd17`: split "valid" = dir[1], the split ESS reports; 346 → 352
   resize, bottom 60 rows cut → 200 × 352; 6 classes); ESS mIoU; 32 000 events per chunk unless
-  the model counts its own.
+  the model counts its own. A model that takes EvDistill's images (its pre-rendered event
+  images, or the APS frames of its teacher) is scored under EvDistill's protocol instead
+  (`data.event_aps`: its released layout, `images/<split>/` side-by-side PNGs and
+  `labels/<split>/`, split "test", resized to 256 × 512, one scale, no flip; mIoU with
+  `nanmean`, addisonwang2013/evdistill evaluate.py).
 - `mvsec-depth`: `data.mvsec` (outdoor: test on outdoor_day1; events between depth maps, or
   the model's event count), E2Depth's metrics per frame then averaged, on all valid pixels and
   with the 10/20/30 m cut-offs (`metrics.DepthMetrics` form "mvsec").
@@ -125,7 +129,7 @@ def _check_modality(model: Model, modality: str, dataset: str) -> None:
 
 # --- segmentation --------------------------------------------------------------------------
 def _score_segmentation(model: Model, batches: Iterator[Batch], total: int,
-                        opts: EvalOptions) -> dict:
+                        opts: EvalOptions, miou: str = "ess") -> dict:
     conf = ConfusionMatrix(model.num_classes)
     samples = empty = 0
     for x, out_size, labels in tqdm(batches, total=total, desc="evaluate", unit="batch",
@@ -134,12 +138,12 @@ def _score_segmentation(model: Model, batches: Iterator[Batch], total: int,
         pred = model.forward(x, out_size, logits=True).max(1).indices.cpu()  # = argmax, faster
         conf.update(pred, labels[..., : out_size[0], :])
         samples += len(x)
-    scores = segmentation_scores(conf.matrix, mode="ess")
+    scores = segmentation_scores(conf.matrix, mode=miou)
     per_class = [{"class": name, "iou": iou, "acc": acc} for name, iou, acc in
                  zip(model.class_names, scores["iou"], scores["class_acc"], strict=True)]
     return {"samples": samples, "empty_windows": empty, "miou": scores["miou"],
             "acc": scores["acc"], "macc": scores["macc"], "n_pixels": scores["n_pixels"],
-            "per_class": per_class}
+            "per_class": per_class, "confusion": conf.matrix.tolist()}
 
 
 def _world_segmentation(model: Model, root: Path, opts: EvalOptions, split: str, log):
@@ -195,12 +199,34 @@ def _dsec(model: Model, root: Path, opts: EvalOptions, split: str, log):
             protocol)
 
 
+def _evdistill_layout(model: Model, root: Path, opts: EvalOptions, split: str):
+    from evtransfer.data.event_aps import EventApsPairs
+
+    ds = EventApsPairs(root, split, size=tuple(model.input.size))
+    half = "events" if model.input.kind == "event_image" else "aps"
+
+    def batches() -> Iterator[Batch]:
+        for idx in _indices(len(ds), opts):
+            samples = [ds[i] for i in idx]
+            labels = torch.stack([s["label"] for s in samples])
+            x = torch.stack([s[half] for s in samples])
+            yield x, tuple(labels.shape[-2:]), labels
+
+    protocol = {"split": f"{split}: {len(ds)} images (EvDistill's released layout)",
+                "window": f"the {half} half of each PNG",
+                "geometry": f"halves resized bicubically to {ds.size[0]}x{ds.size[1]}, labels "
+                            "nearest"}
+    return batches(), len(_indices(len(ds), opts)), protocol
+
+
 def _ddd17(model: Model, root: Path, opts: EvalOptions, split: str, log):
     from evtransfer.data.ddd17 import Ddd17Config, Ddd17Segmentation
 
-    _check_modality(model, "events", "ddd17")
     if model.num_classes != 6:
         raise ValueError(f"DDD17 has 6 classes; the model predicts {model.num_classes}")
+    if model.input.modality == "images":
+        return _evdistill_layout(model, root, opts, split)
+    _check_modality(model, "events", "ddd17")
     matched = _protocol_matched(model, (346, 260), (200, 352), opts.resize, "DDD17", log)
     cfg = Ddd17Config(num_windows=model.input.num_windows,
                       events_per_window=_events_per_chunk(model, 32_000))
@@ -316,7 +342,8 @@ def evaluate(model: Model, dataset: str, root: str | Path, opts: EvalOptions | N
     """Scores of `model` on `dataset` (one of `DATASETS`) at `root` under its published
     protocol (module docstring). Returns a JSON-ready dict: dataset, split, protocol (with
     "tta": "none"), samples, empty_windows and the metrics — segmentation: miou, acc, macc
-    (ESS: absent classes count 0) and per_class [{class, iou, acc}]; depth: metrics (one dict
+    (ESS: absent classes count 0), per_class [{class, iou, acc}] and the dataset-wide
+    `confusion` matrix (rows: ground truth, columns: prediction); depth: metrics (one dict
     of AbsRel, SqRel, RMSE, ... or one per cut-off)."""
     opts = opts or EvalOptions()
     log = log or (lambda text: print(text, file=sys.stderr))
@@ -328,6 +355,8 @@ def evaluate(model: Model, dataset: str, root: str | Path, opts: EvalOptions | N
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder (--root)")
     split = opts.split or DEFAULT_SPLIT[dataset]
+    if dataset == "ddd17" and model.input.modality == "images" and not opts.split:
+        split = "test"  # EvDistill's release holds its test split only (README)
     if TASK_OF[dataset] is not None:
         _check_task(model, TASK_OF[dataset], dataset)
     if model.task == "segmentation":
@@ -336,8 +365,11 @@ def evaluate(model: Model, dataset: str, root: str | Path, opts: EvalOptions | N
         else:
             batches, total, protocol = {"dsec-semantic": _dsec, "ddd17": _ddd17}[dataset](
                 model, root, opts, split, log)
-        result = _score_segmentation(model, batches, total, opts)
-        protocol.update(miou="ess (absent class = 0)", acc="pixel accuracy")
+        evdistill = model.input.modality == "images"
+        result = _score_segmentation(model, batches, total, opts,
+                                     "nanmean" if evdistill else "ess")
+        protocol.update(miou="nanmean (absent class skipped)" if evdistill
+                        else "ess (absent class = 0)", acc="pixel accuracy")
     else:
         if dataset == "world":
             batches, total, protocol, metrics = _world_depth(model, root, opts, split, log)

@@ -127,6 +127,11 @@ class Model:
         s, i = self.spec, self.spec.input
         rep = (f"{i.kind} ({i.bins} bins{', normalised' if i.normalize else ''})"
                if i.kind == "voxel" else i.kind)
+        if i.modality == "images":
+            return (f"{s.method} {s.task} model ({s.model}); input float32 (N, 3, {i.size[0]}, "
+                    f"{i.size[1]}) in [0, 1]: {i.window_text()} (EvDistill's PNG half, resized "
+                    f"bicubically); output class probabilities (N, {s.num_classes}, "
+                    f"{i.size[0]}, {i.size[1]})")
         out = (f"class probabilities (N, {s.num_classes}, {i.size[0]}, {i.size[1]})"
                if s.task == "segmentation" else f"depth in metres (N, {i.size[0]}, {i.size[1]})")
         return (f"{s.method} {s.task} model ({s.model}); input float32 (N, {i.channels()}, "
@@ -243,6 +248,12 @@ class Model:
         `num_windows` chunk `Events`, or `Spikes` for spike models), and their output size.
         Empty windows raise ValueError unless `allow_empty`; a resized sensor warns once per
         model (`warnings.warn`) unless `warn` is False."""
+        if self.input.modality == "images":
+            raise ValueError(f"{self.spec.method} takes the images of EvDistill's side-by-side "
+                             "PNGs (events pre-rendered by its authors, or APS frames), not "
+                             "recordings: evaluate "
+                             "it on that layout (`evtransfer evaluate --dataset ddd17`) or call "
+                             "it on the (N, 3, H, W) image tensor")
         if self.input.modality == "events":
             raw, sensor = self._represent_events(windows, allow_empty)
         else:

@@ -18,9 +18,10 @@ Builder = Callable[..., nn.Module]
 
 
 def _table() -> dict[str, Builder]:
-    from evtransfer.models import dpt, heads, mit, recurrent, resnet, swin
+    from evtransfer.models import dpt, heads, mit, recurrent, resnet, segmenters, swin
 
-    modules: list = [heads, resnet, swin, dpt, recurrent, mit]  # each model module appends itself
+    # each model module appends itself
+    modules: list = [heads, resnet, swin, dpt, recurrent, mit, segmenters]
     table: dict[str, Builder] = {}
     for module in modules:
         for name, builder in module.MODELS.items():

@@ -463,11 +463,37 @@ def encoder_init(path: str | Path) -> Iterator[EncoderInit]:
         _ENCODER_INIT.reset(token)
 
 
+def _input_conv(shapes: tuple[Shape, Shape]) -> bool:
+    """Whether a (checkpoint, model) shape pair differs only in a conv's input channels."""
+    src, dst = shapes
+    return len(src) == len(dst) == 4 and src[0] == dst[0] and src[2:] == dst[2:]
+
+
+def require_encoder_filled(report: LoadReport, what: str, drop: tuple[str, ...] = ()) -> None:
+    """Raise ValueError (naming the file, `what` and the first tensors left out) unless
+    `report` (of `load_encoder_init`) filled every tensor of the encoder but input convs
+    built for other channels and keys containing one of `drop` (left out on purpose): a
+    checkpoint of another architecture (0 tensors) or a partial one must not silently leave
+    a network at its random initialisation."""
+    left = [k for k in report.missing if not any(d in k for d in drop)]
+    left += [k for k, *shapes in report.mismatched if not _input_conv(tuple(shapes))]
+    if left:
+        total = len(report.loaded) + len(left)
+        why = (f"the checkpoint holds another architecture, first keys: "
+               f"{', '.join(report.unexpected[:3])}" if report.unexpected
+               else "the checkpoint lacks them")
+        raise ValueError(f"{report.path}: {what} loads {len(report.loaded)} of the {total} "
+                         f"tensors it needs; not loaded: {', '.join(left[:5])}"
+                         f"{' …' if len(left) > 5 else ''} ({why})")
+
+
 def apply_encoder_init(name: str, model: nn.Module) -> None:
     """Load the active `encoder_init` checkpoint into `model` if it has an encoder (called by
     `create_model`). The first model of a scope must load at least one tensor (an
     incompatible checkpoint fails before anything trains); later models without any matching
-    tensor (a method's other networks) are reported and left untouched."""
+    tensor (a method's other networks) are reported and left untouched; a model that loads
+    some tensors must load all its encoder needs (`require_encoder_filled`: only an input
+    conv built for other channels may stay at its initialisation)."""
     scope = _ENCODER_INIT.get()
     if scope is None or not hasattr(model, "feature_channels"):
         return
@@ -476,3 +502,5 @@ def apply_encoder_init(name: str, model: nn.Module) -> None:
         raise ValueError(f"{scope.path}: matches no tensor of {name}'s encoder (a checkpoint "
                          f"of another architecture?); nothing was trained")
     scope.reports.append((name, report))
+    if report.loaded:
+        require_encoder_filled(report, f"--init into {name}'s encoder")
