@@ -5,19 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from evtransfer.engine.dense import (
-    FitConfig,
-    TensorDict,
-    dice_loss,
-    evaluate_segmentation,
-    fit,
-    hflip,
-    kd_loss,
-    reconstruct,
-    segmentation_loss,
-    stage_dir,
-    train_segmenter,
-)
+from evtransfer.data._common import TensorDict
+from evtransfer.data.augment import hflip
+from evtransfer.engine.fit import FitConfig, fit, stage_dir
+from evtransfer.engine.predict import reconstruct
+from evtransfer.engine.trainers import train_segmenter
+from evtransfer.losses import dice_loss, kd_loss, segmentation_loss
+from evtransfer.metrics import evaluate_segmentation
 from evtransfer.models import create_model
 
 

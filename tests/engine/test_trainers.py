@@ -5,18 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from evtransfer.engine.dense import FitConfig, TensorDict
-from evtransfer.engine.finetune import (
-    multiscale_gradient_loss,
-    predict_depth,
-    random_resized_crop,
-    scale_invariant_loss,
-    segment_tta,
-    sequence_flow_loss,
-    train_depth,
-    train_flow,
-    train_segmentation,
-)
+from evtransfer.data._common import TensorDict
+from evtransfer.data.augment import random_resized_crop
+from evtransfer.engine.fit import FitConfig
+from evtransfer.engine.predict import predict_depth, segment_tta
+from evtransfer.engine.trainers import train_depth, train_flow, train_segmenter_with_aux
+from evtransfer.losses import multiscale_gradient_loss, scale_invariant_loss, sequence_flow_loss
 from evtransfer.models.flow import iterative_flow_net
 from evtransfer.models.swin import SwinTransformer, UPerNet
 
@@ -91,8 +85,9 @@ def test_trainers_run_and_predict(tmp_path, device):
     x = torch.rand(4, 4, 32, 32, generator=gen)
     seg = UPerNet(_swin(4), 3, 8, 4).to(dev)
     labels = torch.randint(0, 3, (4, 32, 32), generator=gen)
-    minutes = train_segmentation(seg, TensorDict(x=x, y=labels), FIT, run_dir=tmp_path / "seg",
-                                 seed=0, device=dev, progress=False)
+    minutes = train_segmenter_with_aux(seg, TensorDict(x=x, y=labels), FIT,
+                                       run_dir=tmp_path / "seg", seed=0, device=dev,
+                                       progress=False)
     assert minutes >= 0 and (tmp_path / "seg" / "done.json").exists()
     depth_net = UPerNet(_swin(4), 1, 8, None).to(dev)
     depth = torch.rand(4, 32, 32, generator=gen) * 40

@@ -22,14 +22,9 @@ import torch
 from torch import nn
 
 from evtransfer.data.transfer import TransferData
-from evtransfer.engine.dense import (
-    FitConfig,
-    reconstruct,
-    segment,
-    stage_dir,
-    train_reconstructor,
-    train_segmenter,
-)
+from evtransfer.engine.fit import FitConfig, stage_dir
+from evtransfer.engine.predict import reconstruct, segment
+from evtransfer.engine.trainers import train_reconstructor, train_segmenter
 from evtransfer.models import create_model
 from evtransfer.models.released.e2vid import e2vid_from_checkpoint, is_e2vid_layout, read_checkpoint
 from evtransfer.models.weights import load_adapted, load_pretrained
@@ -66,7 +61,7 @@ class StageConfig:
     # reconstruction network are cached there, keyed also by the content of the source data
     # they train on, so a suite trains them once per seed for all its target worlds; "": the
     # method's own folder. A location, not a setting: no stage key holds it
-    # (`engine.dense._NOT_IDENTITY`)
+    # (`engine.fit._NOT_IDENTITY`)
     source_cache: str = ""
 
 
