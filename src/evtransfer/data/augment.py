@@ -2,8 +2,7 @@
 and applies them alike to every tensor of a sample (events, image, label, depth, flow), so the
 pairs stay aligned.
 
-- `hflip`: random horizontal flips, per sample; `flip_flow` also negates the flow's x
-  component;
+- `hflip`: random horizontal flips, per sample (a flow's x component changes sign);
 - `random_resized_crop`: a random crop per sample resized back (bilinear inputs, nearest
   labels);
 - multi-crop views (DINO's augmentation) that remember where they came from: random resized
@@ -25,26 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def hflip(batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> dict:
+def hflip(batch: Mapping[str, torch.Tensor], generator: torch.Generator,
+          flow: Sequence[str] = ()) -> dict:
     """Flip a random half of the batch horizontally: every (B, ..., W) tensor of the batch
-    with the same per-sample choice (inputs, labels and depths stay aligned)."""
+    with the same per-sample choice (inputs, labels, depths and flows stay aligned); the keys
+    in `flow` are (B, 2, H, W) flows in pixels, whose x component changes sign."""
     out = dict(batch)
     first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
     flip = torch.rand(first.shape[0], generator=generator) < 0.5
     for k, v in batch.items():
         if isinstance(v, torch.Tensor) and v.ndim >= 3:
             f = flip.to(v.device).view(-1, *([1] * (v.ndim - 1)))
-            out[k] = torch.where(f, v.flip(-1), v)
+            flipped = v.flip(-1)
+            if k in flow:
+                flipped = flipped * torch.tensor([-1.0, 1.0], device=v.device).view(1, 2, 1, 1)
+            out[k] = torch.where(f, flipped, v)
     return out
-
-
-def flip_flow(batch: dict, generator: torch.Generator) -> dict:
-    """Random horizontal flips of x and the flow, whose x component changes sign."""
-    b = batch["x"].shape[0]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(batch["x"].device).view(-1, 1, 1, 1)
-    sign = torch.tensor([-1.0, 1.0], device=batch["y"].device).view(1, 2, 1, 1)
-    return {"x": torch.where(flip, batch["x"].flip(-1), batch["x"]),
-            "y": torch.where(flip, batch["y"].flip(-1) * sign, batch["y"])}
 
 
 def random_resized_crop(batch: dict, generator: torch.Generator, scale: tuple[float, float],

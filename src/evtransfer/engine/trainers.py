@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from evtransfer.data._common import TensorDict
-from evtransfer.data.augment import flip_flow, hflip, random_resized_crop
+from evtransfer.data.augment import hflip, random_resized_crop
 from evtransfer.engine.fit import FitConfig, fit
 from evtransfer.engine.loop import TrainState
 from evtransfer.engine.predict import reconstruct
@@ -138,7 +138,7 @@ def train_flow(model: nn.Module, dataset: Dataset, cfg: FitConfig, *,
     the training minutes."""
 
     def step(batch: dict, state: TrainState) -> dict:
-        batch = flip_flow(batch, state.generators["aug"])
+        batch = hflip(batch, state.generators["aug"], flow=("y",))
         valid = flow_valid(batch["y"], max_flow)
         gt = torch.nan_to_num(batch["y"], nan=0.0, posinf=0.0, neginf=0.0)
         preds = state.modules["model"].forward_all(batch["x"])
