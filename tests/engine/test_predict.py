@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from evtransfer.engine.predict import reconstruct, segment_tta
+from evtransfer.engine.predict import reconstruct, reconstruct_images, segment_tta
 from evtransfer.models import create_model
 
 
@@ -28,3 +28,14 @@ def test_reconstruct_runs_a_recurrent_network_over_consecutive_windows():
         torch.testing.assert_close(reconstruct(net, x[:, 6:]), net(x[:, 6:])[0])
     with pytest.raises(ValueError, match=r"\(B, K·3, H, W\)"):
         reconstruct(net, x[:, :8])
+
+
+def test_reconstruct_images_batches_and_clamps_to_the_unit_range():
+    net = nn.Conv2d(2, 1, 1)
+    x = torch.randn(5, 2, 4, 6, generator=torch.Generator().manual_seed(0)) * 3
+    with torch.no_grad():
+        want = net(x).clamp(0, 1)
+    got = reconstruct_images(net, x, "cpu", batch=2)
+    assert got.shape == (5, 1, 4, 6) and float(got.min()) >= 0 and float(got.max()) <= 1
+    assert 0 < float((got == 0).float().mean()) < 1  # clamping happened, not everywhere
+    torch.testing.assert_close(got, want)

@@ -1,7 +1,7 @@
 """Batched inference with trained networks: `predict` maps any function over inputs in
 batches, `segment` / `segment_tta` give class probabilities (with flips and scales),
 `predict_depth` metric depth from a normalised-log-depth network, `reconstruct` an image from
-event windows. Nothing here knows a paper.
+event windows (`reconstruct_images` over a set in batches). Nothing here knows a paper.
 """
 
 from __future__ import annotations
@@ -79,3 +79,12 @@ def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
     last, state = model.history(x)
     return model(last, state)[0]
+
+
+@torch.no_grad()
+def reconstruct_images(recon: nn.Module, x: torch.Tensor, device, batch: int = 16) -> torch.Tensor:
+    """Images (N, 1, H, W) in [0, 1] reconstructed from event windows (N, C, H, W)."""
+    recon.eval()
+    out = [reconstruct(recon, x[i:i + batch].to(device)).clamp(0, 1).cpu()
+           for i in range(0, len(x), batch)]
+    return torch.cat(out)
