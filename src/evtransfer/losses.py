@@ -23,9 +23,9 @@ IGNORE = 255
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE,
               smooth: float = 1.0) -> torch.Tensor:
-    """Multi-class soft Dice (ESS form): per class 1 - (2Σpg + s)/(Σp² + Σg² + s) summed over
-    the batch, ignored pixels masked out of p and g, averaged over classes. logits (B, C, H, W),
-    target (B, H, W) integer."""
+    """Multi-class soft Dice (code: uzh-rpg/ess utils/loss_functions.py DiceLoss): per class
+    1 - (2Σpg + s)/(Σp² + Σg² + s) summed over the batch, ignored pixels masked out of p and g,
+    averaged over classes. logits (B, C, H, W), target (B, H, W) integer."""
     c, target = logits.shape[1], target.long()
     valid = (target != ignore_index).unsqueeze(1)
     p = logits.float().softmax(1) * valid
@@ -38,7 +38,8 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IG
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 0.0,
                       ignore_index: int = IGNORE) -> torch.Tensor:
     """Cross-entropy (ignore 255) on logits upsampled to the target size, plus `dice_weight` ×
-    Dice. logits (B, C, h, w) at any stride, target (B, H, W) integer (uint8 or int64)."""
+    Dice (dice_weight 1 is ESS's TaskLoss, code: uzh-rpg/ess utils/loss_functions.py).
+    logits (B, C, h, w) at any stride, target (B, H, W) integer (uint8 or int64)."""
     target = target.long()
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear",
@@ -51,8 +52,9 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
             mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Hinton distillation: T² · KL(softmax(teacher/T) ‖ softmax(student/T)) per pixel, averaged
-    over pixels (or over `mask` (B, H, W) bool). Logits (B, C, H, W); the teacher is detached."""
+    """Hinton et al.'s distillation: T² · KL(softmax(teacher/T) ‖ softmax(student/T)) per pixel,
+    averaged over pixels (or over `mask` (B, H, W) bool). Logits (B, C, H, W); the teacher is
+    detached."""
     t = temperature
     log_p = F.log_softmax(student.float() / t, 1)
     q = F.softmax(teacher.detach().float() / t, 1)
@@ -63,7 +65,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
 
 
 def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between horizontal and vertical finite differences of (B, 1, H, W) images."""
+    """L1 between horizontal and vertical finite differences of (B, 1, H, W) images (unpublished:
+    our weight-free stand-in for E2VID's LPIPS term, which needs downloaded VGG weights)."""
     def grads(img):
         return img[..., :, 1:] - img[..., :, :-1], img[..., 1:, :] - img[..., :-1, :]
 
