@@ -22,7 +22,8 @@ import torch
 from evtransfer.bench import TransferBenchConfig, run_method
 from evtransfer.config import load_config
 from evtransfer.data.transfer import load_transfer_data
-from evtransfer.engine.dense import FitConfig, evaluate_segmentation
+from evtransfer.engine.fit import FitConfig
+from evtransfer.metrics import evaluate_segmentation
 
 
 def bench_config(variant: str, stage_steps: int, joint_steps: int, joint_batch: int):

@@ -16,8 +16,8 @@ from evtransfer.bench_suite import (
 from evtransfer.config import to_dict
 from evtransfer.data.transfer import TransferData
 from evtransfer.demo import demo_config
-from evtransfer.engine.dense import stage_dir
-from evtransfer.engine.transfer import StageConfig, source_stage_dir
+from evtransfer.engine.fit import stage_dir
+from evtransfer.methods._stages import StageConfig, source_stage_dir
 from evtransfer.world.suites import resolve_suite
 
 METHODS = ["source_only", "recon_source", "oracle"]

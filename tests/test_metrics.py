@@ -12,6 +12,7 @@ from evtransfer.metrics import (
     DepthMetrics,
     depth_metrics,
     depth_to_log_normalized,
+    evaluate_segmentation,
     flow_metrics,
     garg_crop_mask,
     log_normalized_to_depth,
@@ -319,3 +320,11 @@ def test_topk_by_hand(device):
         topk_accuracy(logits, torch.tensor([1, 2, 2], device=device), ks=(1, 5))
     with pytest.raises(ValueError, match="labels must lie"):
         topk_accuracy(logits, torch.tensor([1, 2, 4], device=device), ks=(1,))
+
+
+def test_evaluate_segmentation_counts_absent_classes_as_zero():
+    pred = torch.tensor([[[0, 1], [1, 1]]])
+    label = torch.tensor([[[0, 1], [1, 255]]])
+    scores = evaluate_segmentation(pred, label, 3)
+    assert scores["acc"] == pytest.approx(100.0)
+    assert scores["miou"] == pytest.approx(200.0 / 3)

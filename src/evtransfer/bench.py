@@ -39,8 +39,8 @@ from evtransfer.data.transfer import (
     load_transfer_data,
 )
 from evtransfer.engine.package import InputSpec, method_spec, save_package
-from evtransfer.engine.transfer import StageConfig
 from evtransfer.methods import DEPTH_METHODS, METHODS, TARGET_LABELED, MethodResult
+from evtransfer.methods._stages import StageConfig
 from evtransfer.methods.baselines import BaselineConfig
 from evtransfer.methods.bicross import BicrossConfig
 from evtransfer.methods.cmess import CmessConfig

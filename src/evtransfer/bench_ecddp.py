@@ -21,20 +21,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from evtransfer.data._common import TensorDict
 from evtransfer.data.ddd17 import Ddd17Config, Ddd17Segmentation
 from evtransfer.data.dense_tasks import TASKS, label_subset, load_dense_task
 from evtransfer.data.dsec_semantic import DsecSemantic, DsecSemanticConfig
 from evtransfer.data.mvsec import MvsecDepth, MvsecDepthConfig
 from evtransfer.data.pretrain_events import load_pretrain_windows
 from evtransfer.data.world import WorldSource
-from evtransfer.engine.dense import TensorDict, stage_dir
-from evtransfer.engine.finetune import (
-    fingerprint,
-    predict_depth,
-    segment_tta,
-    train_depth,
-    train_segmentation,
-)
+from evtransfer.engine.fit import fingerprint, stage_dir
+from evtransfer.engine.predict import predict_depth, segment_tta
+from evtransfer.engine.trainers import train_depth, train_segmenter_with_aux
 from evtransfer.methods.ecddp import (
     EcddpConfig,
     EcddpNet,
@@ -78,10 +74,9 @@ def train_source_init(world: Path, cfg: EcddpConfig, root: Path, seed: int, devi
         return path
     x = torch.stack([source[i]["rgb"] for i in range(len(source))])
     net, encoder = task_network("segmentation", cfg, 3, ft.data.num_classes, seed)
-    train_segmentation(net.to(device), TensorDict(x=x, y=y), ft.source_init, run_dir=run,
-                       seed=seed,
-                       device=torch.device(device), aux_weight=ft.aux_weight,
-                       dice_weight=ft.dice_weight, scale=ft.crop_scale, progress=progress)
+    train_segmenter_with_aux(net.to(device), TensorDict(x=x, y=y), ft.source_init, run_dir=run,
+                             seed=seed, device=torch.device(device), aux_weight=ft.aux_weight,
+                             dice_weight=ft.dice_weight, scale=ft.crop_scale, progress=progress)
     return save_encoder(path, encoder, {"method": "source-supervised"})
 
 
@@ -295,8 +290,9 @@ def run_real_finetune(cfg: RealFinetuneConfig, out: str | Path, *, device: str =
     labeled = Subset(train_set, idx)
     net = net.to(device)
     if task == "segmentation":
-        minutes = train_segmentation(net, labeled, ft.segmentation, aux_weight=ft.aux_weight,
-                                     dice_weight=ft.dice_weight, scale=ft.crop_scale, **common)
+        minutes = train_segmenter_with_aux(net, labeled, ft.segmentation,
+                                           aux_weight=ft.aux_weight, dice_weight=ft.dice_weight,
+                                           scale=ft.crop_scale, **common)
     else:
         minutes = train_depth(net, labeled, ft.depth, max_depth=ft.max_depth,
                               grad_weight=ft.depth_grad_weight, si_lambda=ft.depth_si_lambda,

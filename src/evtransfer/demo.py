@@ -20,9 +20,9 @@ from evtransfer.bench import TransferBenchConfig, run_transfer
 from evtransfer.config import QUICK_STEPS
 from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.transfer import load_transfer_data
-from evtransfer.engine.dense import FitConfig
+from evtransfer.engine.fit import FitConfig
 from evtransfer.engine.package import CLASS_NAMES
-from evtransfer.engine.transfer import StageConfig
+from evtransfer.methods._stages import StageConfig
 from evtransfer.viz import DSEC11_PALETTE, colorize_events, colorize_labels, save_panel
 from evtransfer.world.build import build_world
 from evtransfer.world.domains import preset

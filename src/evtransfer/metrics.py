@@ -151,6 +151,15 @@ _STATS = ("n", "abs_rel", "sq_rel", "sq", "log_sq", "log", "abs", "d1", "d2", "d
 DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "silog", "mae", "d1", "d2", "d3")
 
 
+def evaluate_segmentation(pred: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                          mode: str = "ess") -> dict:
+    """Scores of predicted classes (N, H, W) against labels (N, H, W) from one dataset-wide
+    confusion matrix (`metrics.segmentation_scores`; mIoU and accuracy in %)."""
+    conf = ConfusionMatrix(num_classes)
+    conf.update(pred, labels)
+    return segmentation_scores(conf.matrix, mode=mode)
+
+
 def depth_to_log_normalized(depth: ArrayLike, max_depth: float = 80.0,
                             alpha: float = LOG_DEPTH_ALPHA) -> ArrayLike:
     """Metres → E2Depth normalised log depth D̂ = 1 + ln(clip(d, 0, max)/max)/α, in [0, 1].

@@ -11,8 +11,8 @@ import re
 import torch
 
 from evtransfer.cli import main
-from evtransfer.engine.transfer import StageConfig, reconstruction_network
 from evtransfer.inference import load_model
+from evtransfer.methods._stages import StageConfig, reconstruction_network
 from evtransfer.models.released import CATALOGUE
 from tests.inference.test_released_parity import _checkpoint
 from tests.models.test_e2vid_released import (

@@ -13,7 +13,7 @@ from evtransfer.data.depth_transfer import (
     target_train_depth,
 )
 from evtransfer.engine.checkpoint import load_module_weights
-from evtransfer.engine.dense import FitConfig
+from evtransfer.engine.fit import FitConfig
 from evtransfer.methods.bicross import (
     ENTRIES,
     BicrossConfig,

@@ -84,7 +84,7 @@ def test_backbone_moves_by_both_adams_like_the_reference():
 def test_no_stage_clips_gradients_by_default():
     cfg = BicrossConfig()
     assert all(getattr(cfg, s).clip_grad == 0.0 for s in ("rgb", "cfkd", "scts", "supervised"))
-    from evtransfer.engine.dense import FitConfig
+    from evtransfer.engine.fit import FitConfig
     assert FitConfig().clip_grad == 1.0  # the other methods keep theirs
 
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data
-from evtransfer.engine.dense import FitConfig
-from evtransfer.engine.transfer import StageConfig
+from evtransfer.engine.fit import FitConfig
+from evtransfer.methods._stages import StageConfig
 from evtransfer.methods.cmess import CmessConfig, PseudoPairs, cml_losses, fuse, train_cmess
 from evtransfer.models import create_model
 

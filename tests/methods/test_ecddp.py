@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from evtransfer.data.augment import box_grid, resized_crops
 from evtransfer.data.dense_tasks import DenseTaskData
 from evtransfer.engine import EmaTeacher
-from evtransfer.engine.dense import FitConfig
-from evtransfer.engine.views import box_grid, resized_crops
+from evtransfer.engine.fit import FitConfig
 from evtransfer.methods.ecddp import (
     BackboneConfig,
     EcddpConfig,

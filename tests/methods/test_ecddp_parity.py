@@ -449,7 +449,7 @@ def test_segmentation_scores_match_the_reference_evaluation():
     """mIoU, accuracy and mean class accuracy of ECDDP's evaluation (trainer/seg_trainer.py
     confusion and IoU, eval_seg.py mACC: absent classes count 0, label 255 ignored) against
     `evaluate_segmentation`, on a split where one class never occurs."""
-    from evtransfer.engine.dense import evaluate_segmentation
+    from evtransfer.metrics import evaluate_segmentation
 
     seg = import_ref(REPO, "trainer.seg_trainer", stubs=_eval_stubs())
     evaluation = import_ref(REPO, "eval_seg", stubs=_eval_stubs())

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 from evtransfer.bench import TransferBenchConfig, method_config
 from evtransfer.config import load_config
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data, target_train_labels
-from evtransfer.engine.dense import FitConfig
-from evtransfer.engine.transfer import StageConfig
+from evtransfer.engine.fit import FitConfig
 from evtransfer.methods import METHODS, TARGET_LABELED
+from evtransfer.methods._stages import StageConfig
 from evtransfer.methods.ess import (
     EssConfig,
     EssSegmenter,

@@ -14,7 +14,8 @@ from torch import nn
 from evtransfer.config import load_config
 from evtransfer.data.crops import CropConfig, load_recognition_data
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data
-from evtransfer.engine.dense import FitConfig, kd_loss
+from evtransfer.engine.fit import FitConfig
+from evtransfer.losses import kd_loss
 from evtransfer.methods.evdistill import (
     DistillLosses,
     EvdistillConfig,

@@ -25,9 +25,10 @@ from PIL import Image
 
 from evtransfer.config import load_config
 from evtransfer.data.event_aps import EventApsPairs
-from evtransfer.engine.dense import evaluate_segmentation, segment
+from evtransfer.engine.predict import segment
 from evtransfer.io.images import write_label_png
 from evtransfer.methods.evdistill import RealSegmentationRun, create_student, inference_student
+from evtransfer.metrics import evaluate_segmentation
 from evtransfer.models import create_model
 from evtransfer.models.released.evdistill import (
     evdistill_to_evtransfer,

@@ -15,7 +15,7 @@ from evtransfer.data.caltech import CaltechConfig, load_caltech_recognition
 from evtransfer.data.event_aps import EventApsConfig, load_event_aps
 from evtransfer.data.recognition import NCaltech101Config
 from evtransfer.data.transfer import EventInput
-from evtransfer.engine.dense import FitConfig
+from evtransfer.engine.fit import FitConfig
 from evtransfer.io.images import write_label_png
 from evtransfer.methods.evdistill import (
     DistillLosses,

@@ -22,6 +22,7 @@ from evtransfer.bench import (
     save_method_package,
     train_method,
 )
+from evtransfer.data._common import TensorDict
 from evtransfer.data.depth_transfer import (
     DepthTransferConfig,
     load_depth_transfer_data,
@@ -34,10 +35,10 @@ from evtransfer.data.transfer import (
     load_real_transfer_data,
     load_transfer_data,
 )
-from evtransfer.engine.dense import FitConfig, TensorDict
-from evtransfer.engine.transfer import StageConfig
+from evtransfer.engine.fit import FitConfig
 from evtransfer.inference import load_model
 from evtransfer.methods import DEPTH_METHODS
+from evtransfer.methods._stages import StageConfig
 from evtransfer.methods.bicross import BicrossConfig
 from evtransfer.methods.ecddp import EcddpConfig, FinetuneConfig
 from evtransfer.methods.evdistill import DistillLosses

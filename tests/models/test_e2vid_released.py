@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from evtransfer.engine.transfer import StageConfig, recon_key, reconstruction_network
+from evtransfer.methods._stages import StageConfig, recon_key, reconstruction_network
 from evtransfer.models.recurrent import e2vid_input_norm
 from evtransfer.models.released.e2vid import e2vid_kwargs, load_e2vid, read_checkpoint
 from tests.refs import import_ref, ref_attr, stub_module

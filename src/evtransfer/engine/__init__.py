@@ -2,7 +2,9 @@
 
 The engine knows no paper and no model. A method builds a `TrainState` and calls `train`
 (see `evtransfer.engine.loop` for an example); everything here also works in a single
-process without torchrun.
+process without torchrun. On top of the loop: `engine.fit` (a supervised run over a dataset
+and the stage folders that cache it), `engine.trainers` (the dense trainers) and
+`engine.predict` (batched inference).
 """
 
 from evtransfer.config import (

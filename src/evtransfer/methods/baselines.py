@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from evtransfer.data.transfer import TransferData
-from evtransfer.engine.dense import FitConfig, segment, stage_dir, train_segmenter
-from evtransfer.engine.transfer import (
+from evtransfer.engine.fit import FitConfig, stage_dir
+from evtransfer.engine.predict import segment
+from evtransfer.engine.trainers import train_segmenter
+from evtransfer.methods._stages import (
     StageConfig,
     recon_then_segment,
     train_reconstruction,

@@ -37,10 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from evtransfer.data.augment import hflip
 from evtransfer.data.depth_transfer import DepthProtocol, DepthTransferData, unpack_spikes
-from evtransfer.engine.dense import FitConfig, fit, hflip, predict, stage_dir
 from evtransfer.engine.ema import EmaTeacher
+from evtransfer.engine.fit import FitConfig, fit, stage_dir
 from evtransfer.engine.loop import TrainState
+from evtransfer.engine.predict import predict
 from evtransfer.methods.result import MethodResult
 from evtransfer.metrics import garg_crop_mask
 from evtransfer.models import create_model
@@ -544,7 +546,7 @@ def train_on_target(rgb: DPTDepth, labeled: Dataset, data: DepthTransferData,
 
 
 # --- entry points ---------------------------------------------------------------------------
-def predict_depth(model: DPTDepth, spikes: torch.Tensor, width: int, cfg: BicrossConfig, *,
+def predict_spike_depth(model: DPTDepth, spikes: torch.Tensor, width: int, cfg: BicrossConfig, *,
                   device: str | torch.device = "cpu", batch: int = 16) -> torch.Tensor:
     """Depth (N, H, W) metres of packed spike clips (N, T, H, ⌈W/8⌉) uint8, at their size."""
     model.eval()
@@ -565,7 +567,7 @@ def _result(model: DPTDepth, data: DepthTransferData, cfg: BicrossConfig, device
     spec = {"model": cfg.model, "kwargs": model_kwargs(cfg, data.frames), "task": "depth",
             "output": "depth",
             "input": {"size": network_size(height, data.width, cfg), "resize": "nearest"}}
-    return MethodResult(lambda x: predict_depth(model, x, data.width, cfg, device=device),
+    return MethodResult(lambda x: predict_spike_depth(model, x, data.width, cfg, device=device),
                         model, minutes, spec)
 
 

@@ -30,19 +30,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from evtransfer.data._common import TensorDict
+from evtransfer.data.augment import hflip
 from evtransfer.data.transfer import TransferData
-from evtransfer.engine.dense import (
-    FitConfig,
-    TensorDict,
-    fit,
-    hflip,
-    kd_loss,
-    segment,
-    segmentation_loss,
-    stage_dir,
-)
+from evtransfer.engine.fit import FitConfig, fit, stage_dir
 from evtransfer.engine.loop import TrainState
-from evtransfer.engine.transfer import (
+from evtransfer.engine.predict import segment
+from evtransfer.losses import kd_loss, segmentation_loss
+from evtransfer.methods._stages import (
     StageConfig,
     recon_then_segment,
     train_reconstruction,

@@ -42,35 +42,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evtransfer.data._common import TensorDict
+from evtransfer.data.augment import box_grid, resized_crops
 from evtransfer.data.dense_tasks import DenseTaskConfig, DenseTaskData, label_subset
 from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.pretrain_events import Group, PretrainDataConfig, ViewDataset
 from evtransfer.data.transfer import TransferData
-from evtransfer.engine.dense import (
-    FitConfig,
-    TensorDict,
-    evaluate_segmentation,
-    predict,
-    stage_dir,
-)
 from evtransfer.engine.ema import EmaTeacher
-from evtransfer.engine.finetune import (
-    fingerprint,
-    flow_valid,
-    init_key,
-    peak_memory_mb,
-    predict_depth,
-    segment_tta,
-    train_depth,
-    train_flow,
-    train_segmentation,
-)
+from evtransfer.engine.fit import FitConfig, fingerprint, init_key, peak_memory_mb, stage_dir
 from evtransfer.engine.loader import make_loader
 from evtransfer.engine.loop import LoopConfig, TrainState, train
+from evtransfer.engine.predict import predict, predict_depth, segment_tta
 from evtransfer.engine.schedules import cosine_schedule
-from evtransfer.engine.views import box_grid, resized_crops
+from evtransfer.engine.trainers import flow_valid, train_depth, train_flow, train_segmenter_with_aux
 from evtransfer.methods.result import MethodResult
-from evtransfer.metrics import DepthMetrics, flow_metrics
+from evtransfer.metrics import DepthMetrics, evaluate_segmentation, flow_metrics
 from evtransfer.models.flow import iterative_flow_net
 from evtransfer.models.heads import init_weights
 from evtransfer.models.mit import MixVisionTransformer, init_mit_weights, mit_config
@@ -665,8 +651,9 @@ def finetune_task(data: DenseTaskData, cfg: EcddpConfig, init: str | Path | None
     labeled = TensorDict(x=data.train_x[idx], y=data.train_y[idx])
     common = {"run_dir": run, "seed": seed, "device": device, "progress": progress}
     if task == "segmentation":
-        minutes = train_segmentation(net, labeled, fit_cfg, aux_weight=ft.aux_weight,
-                                     dice_weight=ft.dice_weight, scale=ft.crop_scale, **common)
+        minutes = train_segmenter_with_aux(net, labeled, fit_cfg, aux_weight=ft.aux_weight,
+                                           dice_weight=ft.dice_weight, scale=ft.crop_scale,
+                                           **common)
     elif task == "flow":
         minutes = train_flow(net, labeled, fit_cfg, gamma=ft.flow_gamma, max_flow=ft.max_flow,
                              **common)

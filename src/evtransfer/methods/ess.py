@@ -6,7 +6,7 @@ utils/loss_functions.py, config/settings_{DSEC,DDD17}.yaml); notes in ../shared/
 
 Frozen event encoder: an E2VID-style recurrent U-Net. ESS loads the released
 E2VID_lightweight; here it is the shared reconstruction stage (trained on simulated (window,
-frame) pairs, `engine.transfer.train_reconstruction`, the cache CMESS and the recon_source
+frame) pairs, `methods._stages.train_reconstruction`, the cache CMESS and the recon_source
 baseline use), or a user-supplied E2VID checkpoint. It runs recurrently over the K windows of
 a sample (input channels = K × bins; the real loaders give 20 × 5), each window first
 normalised as E2VID's inference does (`event_input_norm`), and yields latents at
@@ -40,23 +40,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.data import Dataset
 
+from evtransfer.data._common import TensorDict
+from evtransfer.data.augment import hflip
 from evtransfer.data.transfer import TransferData
-from evtransfer.engine.dense import (
-    FitConfig,
-    TensorDict,
-    fit,
-    hflip,
-    segment,
-    segmentation_loss,
-    stage_dir,
-)
+from evtransfer.engine.fit import FitConfig, fit, stage_dir
 from evtransfer.engine.loop import TrainState
-from evtransfer.engine.transfer import (
-    StageConfig,
-    recon_key,
-    source_input,
-    train_reconstruction,
-)
+from evtransfer.engine.predict import segment
+from evtransfer.losses import segmentation_loss
+from evtransfer.methods._stages import StageConfig, recon_key, source_input, train_reconstruction
 from evtransfer.methods.result import MethodResult
 from evtransfer.models import create_model, load_pretrained
 from evtransfer.models.recurrent import e2vid_input_norm

@@ -54,6 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from evtransfer.data._common import TensorDict
+from evtransfer.data.augment import hflip
 from evtransfer.data.caltech import (
     CaltechConfig,
     CaltechTrain,
@@ -63,23 +65,13 @@ from evtransfer.data.caltech import (
 from evtransfer.data.crops import CropConfig, RecognitionData, load_recognition_data
 from evtransfer.data.event_aps import EventApsConfig, EventApsTrain, load_event_aps
 from evtransfer.data.transfer import TransferData, TransferDataConfig
-from evtransfer.engine.dense import (
-    FitConfig,
-    TensorDict,
-    evaluate_segmentation,
-    fit,
-    hflip,
-    kd_loss,
-    predict,
-    reconstruct,
-    segment,
-    segmentation_loss,
-    stage_dir,
-)
+from evtransfer.engine.fit import FitConfig, fit, stage_dir
 from evtransfer.engine.loop import TrainState
-from evtransfer.engine.transfer import StageConfig, source_input, train_source_model
+from evtransfer.engine.predict import predict, reconstruct, segment
+from evtransfer.losses import kd_loss, segmentation_loss
+from evtransfer.methods._stages import StageConfig, source_input, train_source_model
 from evtransfer.methods.result import MethodResult, segmentation_spec
-from evtransfer.metrics import topk_accuracy
+from evtransfer.metrics import evaluate_segmentation, topk_accuracy
 from evtransfer.models import create_model
 from evtransfer.models.weights import load_adapted
 

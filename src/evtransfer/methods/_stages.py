@@ -22,14 +22,9 @@ import torch
 from torch import nn
 
 from evtransfer.data.transfer import TransferData
-from evtransfer.engine.dense import (
-    FitConfig,
-    reconstruct,
-    segment,
-    stage_dir,
-    train_reconstructor,
-    train_segmenter,
-)
+from evtransfer.engine.fit import FitConfig, stage_dir
+from evtransfer.engine.predict import reconstruct_images, segment
+from evtransfer.engine.trainers import train_reconstructor, train_segmenter
 from evtransfer.models import create_model
 from evtransfer.models.released.e2vid import e2vid_from_checkpoint, is_e2vid_layout, read_checkpoint
 from evtransfer.models.weights import load_adapted, load_pretrained
@@ -66,7 +61,7 @@ class StageConfig:
     # reconstruction network are cached there, keyed also by the content of the source data
     # they train on, so a suite trains them once per seed for all its target worlds; "": the
     # method's own folder. A location, not a setting: no stage key holds it
-    # (`engine.dense._NOT_IDENTITY`)
+    # (`engine.fit._NOT_IDENTITY`)
     source_cache: str = ""
 
 
@@ -172,15 +167,6 @@ def train_reconstruction(data: TransferData, cfg: StageConfig, root: Path, seed:
     minutes = train_reconstructor(model, data.synth_x, data.synth_gray, cfg.recon, run_dir=run,
                                   seed=seed, device=device, progress=progress)
     return model, minutes
-
-
-@torch.no_grad()
-def reconstruct_images(recon: nn.Module, x: torch.Tensor, device, batch: int = 16) -> torch.Tensor:
-    """Images (N, 1, H, W) in [0, 1] reconstructed from event windows (N, C, H, W)."""
-    recon.eval()
-    out = [reconstruct(recon, x[i:i + batch].to(device)).clamp(0, 1).cpu()
-           for i in range(0, len(x), batch)]
-    return torch.cat(out)
 
 
 def recon_then_segment(recon: nn.Module, m_s: nn.Module, x: torch.Tensor, cfg: StageConfig,
