@@ -360,11 +360,11 @@ def _check_finite(state: TrainState, ckpt_root: Path | None, weights: bool = Fal
     where = f"{ckpt_root.parent}: " if ckpt_root is not None else ""
     kept = "no checkpoint was written"
     if ckpt_root is not None and _has_checkpoint(ckpt_root / "last"):
-        kept = f"checkpoints/last keeps step {read_state(ckpt_root / 'last')['step']}"
+        saved = read_state(ckpt_root / "last")["step"]
+        kept = f"checkpoints/last keeps step {saved}, the last finite state"
     raise NonFiniteError(
         f"{where}{what} not finite at step {step}: training stopped before saving that "
-        f"state ({kept}, the last finite one); the run is not finished",
-        step=step, terms=terms)
+        f"state ({kept}); the run is not finished", step=step, terms=terms)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
