@@ -5,6 +5,8 @@ the CPU; a registered name missing from `TABLE` fails, so a new model cannot esc
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from torch import nn
@@ -53,6 +55,11 @@ def contract_problems(model: nn.Module, x: torch.Tensor, role: str, logits_strid
     if role == "encoder" and not encoder:
         return ["has no forward_features"]
     if encoder:
+        params = list(inspect.signature(model.forward_features).parameters.values())
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(positional) != 1 or any(p.default is p.empty for p in params[1:]):
+            problems.append("forward_features must take x alone (extra arguments as optional "
+                            f"keywords), got {inspect.signature(model.forward_features)}")
         channels = tuple(getattr(model, "feature_channels", ()))
         strides = tuple(getattr(model, "feature_strides", ()))
         feats = model.forward_features(x)
@@ -117,8 +124,14 @@ class _WrongStride(_StatefulEncoder):
         return [x.new_zeros(x.shape[0], 4, x.shape[2] // 4, x.shape[3] // 4)]
 
 
+class _PositionalExtra(_WrongStride):
+    def forward_features(self, x, state=None):
+        return [x.new_zeros(x.shape[0], 4, x.shape[2] // 2, x.shape[3] // 2)]
+
+
 @pytest.mark.parametrize(("model", "match"), [
     (_StatefulEncoder(), "must return a list of tensors"),
+    (_PositionalExtra(), r"must take x alone .*\(x, state=None\)"),
     (_WrongStride(), r"map 0 is \(2, 4, 16, 24\), want \(2, 4, 32, 48\)"),
     (nn.Identity(), "has no forward_features"),
 ])
