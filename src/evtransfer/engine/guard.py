@@ -52,7 +52,8 @@ class FiniteWatch:
                 self._host[key] = min(self._host.get(key, _NEVER), code)
         if not keys:
             return
-        v = torch.stack([values[k].detach().reshape(()).float() for k in keys])
+        v = torch.stack([values[k].detach().reshape(()).float().to(self.device, non_blocking=True)
+                         for k in keys])
         # code = 4·step + kind (1 nan, 2 +inf, 3 -inf): the minimum is the earliest failure
         code = torch.where(torch.isfinite(v), _NEVER, 4 * step + 1 + (v > 0) + 2 * (v < 0))
         running = self._codes.get(keys)
@@ -68,7 +69,7 @@ class FiniteWatch:
         if not names:
             return None
         host = torch.tensor(list(self._host.values()), dtype=torch.int64, device=self.device)
-        parts = [c.to(self.device) for c in self._codes.values()] + [host]
+        parts = [*self._codes.values(), host]
         codes = all_reduce_min(torch.cat(parts)).tolist()
         first = min(codes)
         if first == _NEVER:
