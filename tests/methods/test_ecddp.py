@@ -213,6 +213,35 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
         pretrain_ecddp(groups, tiny_pretrain(masks=MaskConfig()), tmp_path, progress=False)
 
 
+def test_a_diverged_pretraining_is_never_marked_done(tmp_path, monkeypatch):
+    """`pretrain_ecddp` drives `engine.train` itself: a NaN loss term stops it with the step
+    and the term named, before `done.json` and the encoder export, and a rerun of the same
+    stage resumes the last finite checkpoint instead of reusing the diverged one."""
+    from evtransfer.engine import NonFiniteError, read_state
+    from evtransfer.methods import ecddp
+
+    def poisoned(student, teacher, view, cfg, temp, generator):
+        out = dict(ecddp_losses(student, teacher, view, cfg, temp, generator))
+        calls.append(1)
+        if len(calls) == 3:  # the third iteration of this process
+            out["patch"] = out["patch"] * math.nan
+            out["loss"] = out["loss"] + out["patch"]
+        return out
+
+    monkeypatch.setattr(ecddp, "ecddp_losses", poisoned)
+    groups = [(torch.randn(6, 6, 40, 72, generator=torch.Generator().manual_seed(0)).half(),
+               torch.full((6, 1, 40, 72), 2.0).half())]
+    cfg = tiny_pretrain(max_steps=6, ckpt_every=1, log_every=2, epochs=6)  # 1 batch an epoch
+    for kept in (2, 4):  # the rerun resumes at step 2 and fails at its own third iteration
+        calls = []
+        with pytest.raises(NonFiniteError, match=rf"loss terms loss \(nan\), patch \(nan\) "
+                                                 rf"not finite at step {kept + 1}"):
+            pretrain_ecddp(groups, cfg, tmp_path, progress=False)
+        run = next(tmp_path.glob("ECDDP-pretrain-*"))
+        assert not (run / "done.json").exists() and not (run / "encoder.safetensors").exists()
+        assert read_state(run / "checkpoints" / "last")["step"] == kept
+
+
 def test_a_collapsed_image_level_loss_is_reported(tmp_path):
     log = tmp_path / "metrics.jsonl"
     rows = [{"kind": "train", "step": 1, "image_global": 5.0, "patch": 3.0},

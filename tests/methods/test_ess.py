@@ -86,7 +86,7 @@ def test_event_latents_run_the_windows_recurrently(device):
     x = torch.randn(2, 6, 16, 24, generator=torch.Generator().manual_seed(2)).to(device)
     with torch.no_grad():
         image, latents = event_latents(enc, x, with_image=True)
-        _, state = enc.forward_features(x[:, :3])
+        _, state = enc.encode(x[:, :3])
         want = enc.forward_all(x[:, 3:], state)
         _, single = event_latents(enc, x[:, 3:])
     assert image.shape == (2, 1, 16, 24) and bool(((image >= 0) & (image <= 1)).all())

@@ -87,11 +87,19 @@ def test_e2vid_forward_all_and_features():
     x = torch.randn(1, 5, 32, 48)
     with torch.no_grad():
         out = model.forward_all(x)
-        feats, state = model.forward_features(x)
+        feats, state = model.encode(x)
+        fresh = model.forward_features(x)
+        later = model.forward_features(x), model.encode(x, state)[0]
     assert [f.shape[1:] for f in out.features] == [(64, 16, 24), (128, 8, 12), (256, 4, 6)]
     assert model.feature_strides == (2, 4, 8) and model.feature_channels == (64, 128, 256)
-    for a, b in zip(feats, out.features, strict=True):
+    for a, b, c in zip(feats, out.features, fresh, strict=True):
         torch.testing.assert_close(a, b)
+        torch.testing.assert_close(c, b)  # forward_features: one window from a fresh state
+    for a, b in zip(state, out.state, strict=True):
+        torch.testing.assert_close(a, b)
+    # forward_features keeps no state between calls; encode carries the one it is given
+    assert all(torch.equal(a, b) for a, b in zip(later[0], fresh, strict=True))
+    assert not torch.allclose(later[1][0], fresh[0])
     torch.testing.assert_close(out.features[0], out.state[0][0])
 
 
@@ -147,7 +155,7 @@ def test_image_latent_encoder_matches_e2vid_latents():
     x = torch.randn(1, 1, 64, 96)
     with torch.no_grad():
         latents = enc(x)
-        ev, _ = e2vid.forward_features(torch.randn(1, 5, 64, 96))
+        ev = e2vid.forward_features(torch.randn(1, 5, 64, 96))
     assert [t.shape for t in latents] == [t.shape for t in ev]
 
     def layer(cin, c, down):
@@ -187,6 +195,6 @@ def test_image_latent_encoder_width_follows_e2vid_base_channels(base):
     e2vid = recurrent.e2vid(in_chans=5, base_channels=base).eval()
     with torch.no_grad():
         latents = enc(torch.randn(1, 1, 40, 56))
-        ev, _ = e2vid.forward_features(torch.randn(1, 5, 40, 56))
+        ev = e2vid.forward_features(torch.randn(1, 5, 40, 56))
     assert [t.shape for t in latents] == [t.shape for t in ev]
     assert enc.feature_channels == e2vid.feature_channels == (2 * base, 4 * base, 8 * base)

@@ -238,9 +238,9 @@ def test_mask_token_replaces_masked_patches():
     torch.testing.assert_close(tokens[1], model._embed(x, None)[1])
     torch.testing.assert_close(tokens[0, :4], model._embed(x, None)[0, :4])
     with pytest.raises(ValueError, match="mask"):
-        model.forward_features(x, torch.zeros(2, 5, 5, dtype=torch.bool))
+        model.forward_features(x, mask=torch.zeros(2, 5, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask_token"):
-        swin.swin_t(in_chans=2, num_classes=0).forward_features(x, mask)
+        swin.swin_t(in_chans=2, num_classes=0).forward_features(x, mask=mask)
 
 
 def test_shift_changes_output_and_input_checks():

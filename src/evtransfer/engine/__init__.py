@@ -28,6 +28,7 @@ from evtransfer.engine.distributed import (
     DistInfo,
     all_gather_objects,
     all_reduce_mean,
+    all_reduce_min,
     barrier,
     destroy_distributed,
     get_dist_info,
@@ -38,6 +39,7 @@ from evtransfer.engine.distributed import (
     wrap_ddp,
 )
 from evtransfer.engine.ema import EmaTeacher
+from evtransfer.engine.guard import NonFiniteError
 from evtransfer.engine.loader import ResumableBatchSampler, make_loader
 from evtransfer.engine.logging import MetricLogger, read_metrics
 from evtransfer.engine.loop import (
@@ -64,10 +66,12 @@ __all__ = [
     "EmaTeacher",
     "LoopConfig",
     "MetricLogger",
+    "NonFiniteError",
     "ResumableBatchSampler",
     "TrainState",
     "all_gather_objects",
     "all_reduce_mean",
+    "all_reduce_min",
     "apply_schedules",
     "barrier",
     "capture_rng_state",

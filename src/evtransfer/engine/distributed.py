@@ -100,6 +100,14 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise minimum of `tensor` over ranks, as a new tensor (the input is kept)."""
+    out = tensor.detach().clone()
+    if get_dist_info().distributed:
+        dist.all_reduce(out, op=dist.ReduceOp.MIN)
+    return out
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's `obj` in rank order (a one-element list in a single process)."""
     info = get_dist_info()

@@ -5,7 +5,10 @@ returns its losses, and a `loader_fn(epoch, start_batch)` that returns the epoch
 (usually `make_loader`). The engine does the rest: device transfer of the batch, AMP
 (bf16/fp16 autocast, a GradScaler for fp16), backward, gradient clipping, per-iteration
 schedules for learning rate, weight decay and EMA momentum, EMA-teacher updates, metrics,
-checkpoints every `ckpt_every` steps and at every epoch end, and exact resume.
+checkpoints every `ckpt_every` steps and at every epoch end, and exact resume. A loss term
+or weight that becomes NaN or infinite stops the run with `NonFiniteError` (naming the step
+and the term) at the next metrics record or checkpoint, before anything non-finite is saved
+(`engine.guard`).
 
 Example (how a method uses it)::
 
@@ -61,11 +64,13 @@ from evtransfer.config import git_sha
 from evtransfer.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    read_state,
     resolve_checkpoint,
     save_checkpoint,
 )
 from evtransfer.engine.distributed import all_gather_objects, get_dist_info, is_main
 from evtransfer.engine.ema import EmaTeacher
+from evtransfer.engine.guard import FiniteWatch, NonFiniteError, nonfinite_parameter
 from evtransfer.engine.logging import MetricLogger, progress
 from evtransfer.engine.schedules import apply_schedules, check_schedules, schedule_values
 from evtransfer.engine.seed import capture_rng_state, restore_rng_state
@@ -84,7 +89,7 @@ class LoopConfig:
     # step unless the optimizer is built with fused=True
     amp: Literal["off", "bf16", "fp16"] = "off"
     clip_grad: float = 0.0  # max global L2 gradient norm per optimizer step (0: off)
-    log_every: int = 20  # steps per metrics record (the only host-device sync)
+    log_every: int = 20  # steps per metrics record (the only host-device sync; NaN check)
     ckpt_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
     progress: bool = True  # tqdm bar with ETA on a terminal
     tensorboard: bool = True  # also write TensorBoard scalars when it is installed
@@ -137,6 +142,7 @@ class TrainState:
         default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False)
     )
     _optimized: bool = field(default=False, init=False, repr=False)
+    _watch: FiniteWatch | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device)
@@ -208,9 +214,12 @@ def train(
     `step_fn` as `state.sched[name]`. `epoch_end(state)` runs after each epoch (validation;
     `state.epoch` then counts the finished epochs) and returns metrics to log. `resume=True`
     continues from `run_dir/checkpoints/last` and `resume=<path>` from that checkpoint; a
-    fresh run refuses a `run_dir` that already has one. Only rank 0 writes files.
+    fresh run refuses a `run_dir` that already has one. Only rank 0 writes files. Raises
+    `NonFiniteError` when a loss term or weight becomes NaN or infinite (checkpoints keep the
+    last finite state).
     """
     schedules = check_schedules(schedules or {})
+    state._watch = FiniteWatch(state.device)
     state.clip_grad = cfg.clip_grad
     state.amp_dtype, state.scaler = _amp_setup(cfg.amp, state.device)
     ckpt_root = Path(run_dir) / "checkpoints" if run_dir is not None else None
@@ -240,6 +249,10 @@ def train_one_epoch(
 
     Returns True when `batches` was exhausted, False when `cfg.max_steps` stopped it.
     """
+    if state._watch is None:
+        state._watch = FiniteWatch(state.device)
+    # an fp16 GradScaler skips overflowing steps by design: their inf gradient norm is no failure
+    skip = ("grad_norm",) if state.scaler.is_enabled() else ()
     for module in state.modules.values():
         module.train()
     total = len(batches) + state.step_in_epoch if hasattr(batches, "__len__") else None
@@ -256,7 +269,9 @@ def train_one_epoch(
                 return False
             values = _train_step(state, step_fn, batch, schedules)
             logger.update(values)
+            state._watch.update(values, state.step, skip)
             if state.step % cfg.log_every == 0:
+                _check_finite(state, ckpt_root)
                 record = logger.flush(state.step, state.epoch, **state.sched)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in values})
             if cfg.ckpt_every and state.step % cfg.ckpt_every == 0:
@@ -286,6 +301,7 @@ def _run_epochs(cfg, state, step_fn, loader_fn, schedules, epoch_end, logger, ck
         if not train_one_epoch(cfg, state, step_fn, batches, schedules, logger, ckpt_root):
             break
         if logger.pending():
+            _check_finite(state, ckpt_root)
             logger.flush(state.step, state.epoch, **state.sched)
         finished = state.epoch
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
@@ -298,6 +314,7 @@ def _run_epochs(cfg, state, step_fn, loader_fn, schedules, epoch_end, logger, ck
             _save(ckpt_root, "best", state, logger)
         saved_at = state.step
     if logger.pending():
+        _check_finite(state, ckpt_root)
         logger.flush(state.step, state.epoch, **state.sched)
     if state.step != saved_at and not (cfg.ckpt_every and state.step % cfg.ckpt_every == 0):
         _save(ckpt_root, "last", state, logger)
@@ -326,6 +343,28 @@ def _train_step(state: TrainState, step_fn: StepFn, batch: Any, schedules) -> di
     state.step += 1
     state.step_in_epoch += 1
     return values
+
+
+def _check_finite(state: TrainState, ckpt_root: Path | None, weights: bool = False) -> None:
+    """Raise `NonFiniteError` when a logged term (or, with `weights`, a parameter) is NaN or
+    infinite. Called only where the loop synchronises anyway (metrics flush, checkpoint)."""
+    failure = state._watch.first_failure() if state._watch is not None else None
+    if failure is not None:
+        step, terms = failure
+        what = f"loss term{'s' if len(terms) > 1 else ''} {', '.join(terms)}"
+    elif weights and (param := nonfinite_parameter(state.weight_modules())) is not None:
+        step, terms = state.step, (f"weights:{param}",)
+        what = f"parameter {param} (after a finite loss)"
+    else:
+        return
+    where = f"{ckpt_root.parent}: " if ckpt_root is not None else ""
+    kept = "no checkpoint was written"
+    if ckpt_root is not None and _has_checkpoint(ckpt_root / "last"):
+        saved = read_state(ckpt_root / "last")["step"]
+        kept = f"checkpoints/last keeps step {saved}, the last finite state"
+    raise NonFiniteError(
+        f"{where}{what} not finite at step {step}: training stopped before saving that "
+        f"state ({kept}); the run is not finished", step=step, terms=terms)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -415,6 +454,7 @@ def _checkpoint_payload(state: TrainState, logger: MetricLogger) -> dict[str, An
 def _save(ckpt_root: Path | None, name: str, state: TrainState, logger: MetricLogger) -> None:
     if ckpt_root is None:
         return
+    _check_finite(state, ckpt_root, weights=True)
     payload = _checkpoint_payload(state, logger)
     if is_main():
         save_checkpoint(ckpt_root / name, state.weight_modules(), payload)

@@ -149,7 +149,7 @@ def event_latents(encoder: nn.Module, x: Tensor, with_image: bool = False,
     if with_image:
         out = encoder.forward_all(last, state)
         return out.image, out.features
-    latents, _ = encoder.forward_features(last, state)
+    latents, _ = encoder.encode(last, state)
     return None, latents
 
 

@@ -294,7 +294,7 @@ class MixVisionTransformer(nn.Module):
             feats.append(x)
         return feats
 
-    def forward_features(self, x: Tensor, context: Tensor | None = None,
+    def forward_features(self, x: Tensor, *, context: Tensor | None = None,
                          cross_stages: Iterable[int] | None = None) -> list[Tensor]:
         """Per-stage maps of `x`; with `context` (B, in_chans, H', W'), the cross branch:
         queries from `x`, keys/values from the self-attention stream of `context` in the
@@ -304,9 +304,9 @@ class MixVisionTransformer(nn.Module):
             return self._forward_self(x)
         return self.forward_branches(x, context, cross_stages, q_self=False).cross
 
-    def forward(self, x: Tensor, context: Tensor | None = None,
+    def forward(self, x: Tensor, *, context: Tensor | None = None,
                 cross_stages: Iterable[int] | None = None) -> list[Tensor]:
-        return self.forward_features(x, context, cross_stages)
+        return self.forward_features(x, context=context, cross_stages=cross_stages)
 
     def forward_branches(self, x_q: Tensor, x_kv: Tensor,
                          cross_stages: Iterable[int] | None = None, q_self: bool = True
@@ -427,14 +427,15 @@ class SegFormer(nn.Module):
         self.feature_channels = encoder.feature_channels
         self.feature_strides = encoder.feature_strides
 
-    def forward_features(self, x: Tensor, context: Tensor | None = None,
+    def forward_features(self, x: Tensor, *, context: Tensor | None = None,
                          cross_stages: Iterable[int] | None = None) -> list[Tensor]:
-        return self.encoder.forward_features(x, context, cross_stages)
+        return self.encoder.forward_features(x, context=context, cross_stages=cross_stages)
 
-    def forward(self, x: Tensor, context: Tensor | None = None,
+    def forward(self, x: Tensor, *, context: Tensor | None = None,
                 cross_stages: Iterable[int] | None = None) -> Tensor:
         """Stride-4 logits of `x` (the cross branch when `context` is given)."""
-        return self.decoder(self.forward_features(x, context, cross_stages))
+        return self.decoder(self.forward_features(x, context=context,
+                                                  cross_stages=cross_stages))
 
     def forward_upsampled(self, x: Tensor) -> Tensor:
         """Logits bilinearly upsampled to the input size: `(B, K, H, W)`."""

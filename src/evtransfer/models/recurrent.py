@@ -269,8 +269,10 @@ class RecurrentOutputs(NamedTuple):
 class RecurrentUNet(UNet):
     """E2VID: the U-Net with a ConvLSTM after every encoder conv.
 
-    `forward(x, state=None)` → `(image, new_state)`; `forward_features(x, state=None)` →
-    `(latents, new_state)` (ESS's event latents); `forward_all` → `RecurrentOutputs`.
+    `forward(x, state=None)` → `(image, new_state)`; `encode(x, state=None)` →
+    `(latents, new_state)` (ESS's event latents, no decoder); `forward_all` →
+    `RecurrentOutputs`; `history` runs the windows before the last. `forward_features(x)`
+    keeps the encoder contract: one window's latents from a fresh state.
     """
 
     recurrent = True
@@ -307,10 +309,16 @@ class RecurrentUNet(UNet):
         head, skips, new_state = self._encode(x, state)
         return RecurrentOutputs(self._decode(head, skips), new_state, skips)
 
-    def forward_features(self, x: Tensor, state: State | None = None
-                         ) -> tuple[list[Tensor], State]:
+    def encode(self, x: Tensor, state: State | None = None) -> tuple[list[Tensor], State]:
+        """One recurrent step of the encoders (no decoder) on x (B, in_chans, H, W) from
+        `state` (None: fresh); (latents at strides 2, 4, …, new state)."""
         _, skips, new_state = self._encode(x, state)
         return skips, new_state
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """Latents of one window x (B, in_chans, H, W) from a fresh state (the encoder
+        contract); for a sequence use `encode` with the state or `history`."""
+        return self.encode(x)[0]
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         out = self.forward_all(x, state)

@@ -40,7 +40,7 @@ class E2vidSegmenter(nn.Module):
             x = torch.cat([e2vid_input_norm(w, per_sample=self.input_norm == "sample")
                            for w in x.split(self.events.in_chans, dim=1)], dim=1)
         last, state = self.events.history(x)
-        latents, _ = self.events.forward_features(last, state)
+        latents, _ = self.events.encode(last, state)
         return self.decoder(latents, x.shape[-2:]).logits
 
 

@@ -61,7 +61,7 @@ class DenseTokenEncoder(nn.Module):
     def features(self, x: Tensor, mask: Tensor | None = None) -> list[Tensor]:
         """The encoder's four stage maps, with masked patch tokens."""
         if not self.mit:
-            return self.encoder.forward_features(x, mask)
+            return self.encoder.forward_features(x, mask=mask)
         self.encoder._check(x, "x")
         feats = []
         for i, stage in enumerate(self.encoder.stages):

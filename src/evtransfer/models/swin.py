@@ -189,7 +189,7 @@ class SwinStage(nn.Module):
 class SwinTransformer(nn.Module):
     """Swin Transformer encoder / classifier for `(B, in_chans, H, W)` float input.
 
-    `forward_features(x, mask=None)` returns the four stage maps `(B, C_i, ⌈H/s_i⌉, ⌈W/s_i⌉)`
+    `forward_features(x, *, mask=None)` returns the four stage maps `(B, C_i, ⌈H/s_i⌉, ⌈W/s_i⌉)`
     with `feature_channels` (C, 2C, 4C, 8C) and `feature_strides` (4, 8, 16, 32). `mask`
     (bool, `(B, h, w)` on a grid that divides the stride-4 token grid) replaces the masked
     patch tokens by the learned `mask_token` (ECDDP's masked pre-training; needs
@@ -259,7 +259,7 @@ class SwinTransformer(nn.Module):
             w // mask.shape[2], 2)
         return torch.where(full[..., None], self.mask_token.to(x.dtype), x)
 
-    def forward_features(self, x: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+    def forward_features(self, x: Tensor, *, mask: Tensor | None = None) -> list[Tensor]:
         check_image(x, self.in_chans)
         x = self._embed(x, mask)
         feats = []
