@@ -19,7 +19,7 @@ from evtransfer.engine import (
     read_weights,
     train,
 )
-from evtransfer.engine.dense import FitConfig, fit
+from evtransfer.engine.fit import FitConfig, fit
 from evtransfer.engine.guard import FiniteWatch, nonfinite_parameter
 
 QUIET = {"progress": False, "tensorboard": False}
