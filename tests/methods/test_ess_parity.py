@@ -374,8 +374,8 @@ def test_checkpoints_of_another_architecture_are_refused(tmp_path):
     with pytest.raises(CheckpointLayoutError, match="not an ESS checkpoint"):
         read_ess_checkpoint(tmp_path / "other.pt")
     torch.save({"front_sensor_a": types.SimpleNamespace(a=1)}, tmp_path / "code.pt")
-    with pytest.raises(CheckpointLayoutError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="code.pt: refused.*run code"):
         read_ess_checkpoint(tmp_path / "code.pt")
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(CheckpointLayoutError, match="cut.pt: not a plain torch checkpoint"):
+    with pytest.raises(ValueError, match="cut.pt: not a (readable )?torch checkpoint"):
         read_ess_checkpoint(tmp_path / "cut.pt")

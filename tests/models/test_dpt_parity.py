@@ -202,10 +202,10 @@ def test_other_layouts_and_bad_files(tmp_path):
         load_bicross(_ours(128), _save(tmp_path, ref))
     # a truncated file, and a pickle that would run code: one-line errors, nothing executed
     (tmp_path / "cut.pt").write_bytes((tmp_path / "dpt_hybrid.pt").read_bytes()[:1000])
-    with pytest.raises(ValueError, match="cut.pt: not a plain torch checkpoint"):
+    with pytest.raises(ValueError, match="cut.pt: not a (readable )?torch checkpoint"):
         read_bicross_checkpoint(tmp_path / "cut.pt")
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(_Evil(str(tmp_path / "ran"))))
-    with pytest.raises(ValueError, match="evil.pt: not a plain torch checkpoint"):
+    with pytest.raises(ValueError, match="evil.pt: (refused|not a torch checkpoint)"):
         read_bicross_checkpoint(tmp_path / "evil.pt")
     assert not (tmp_path / "ran").exists()
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from evtransfer.methods._stages import StageConfig, recon_key, reconstruction_network
 from evtransfer.models.recurrent import e2vid_input_norm
-from evtransfer.models.released.e2vid import e2vid_kwargs, load_e2vid, read_checkpoint
+from evtransfer.models.released.e2vid import e2vid_kwargs, load_e2vid
+from evtransfer.models.weights import read_torch_file
 from tests.refs import import_ref, ref_attr, stub_module
 
 E2VID = "uzh-rpg+rpg_e2vid"
@@ -177,7 +178,7 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
         assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"not an rpg_e2vid checkpoint.*\['a'\]"):
         load_e2vid(good)
-    assert read_checkpoint(good)["a"].shape == (2,)
+    assert read_torch_file(good)["a"].shape == (2,)
 
 
 def test_other_architectures_and_missing_tensors_are_refused(tmp_path):

@@ -18,7 +18,7 @@ from evtransfer.models.released import (
     PRODUCTS,
     entry,
     layout_of,
-    read_released,
+    read_torch_file,
 )
 from evtransfer.models.weights import encoder_init, save_encoder
 
@@ -76,12 +76,12 @@ def test_files_are_read_without_running_code(tmp_path):
     evil = tmp_path / "Epoch_1.pt"
     torch.save({"front_sensor_b": _RunsCode()}, evil)
     with pytest.raises(ValueError, match=r"Epoch_1.pt: refused.*run code"):
-        read_released(evil)
+        read_torch_file(evil)
     with pytest.raises(ValueError, match="not found"):
-        read_released(tmp_path / "absent.pt")
+        read_torch_file(tmp_path / "absent.pt")
     good = tmp_path / "ok.pt"
     torch.save({"epoch": 2, "w": torch.ones(3)}, good)
-    assert read_released(good)["w"].shape == (3,)
+    assert read_torch_file(good)["w"].shape == (3,)
 
 
 def test_init_that_does_not_fill_the_encoder_is_an_error(tmp_path):

@@ -26,8 +26,8 @@ from evtransfer.engine.fit import FitConfig, stage_dir
 from evtransfer.engine.predict import reconstruct_images, segment
 from evtransfer.engine.trainers import train_reconstructor, train_segmenter
 from evtransfer.models import create_model
-from evtransfer.models.released.e2vid import e2vid_from_checkpoint, is_e2vid_layout, read_checkpoint
-from evtransfer.models.weights import load_adapted, load_pretrained
+from evtransfer.models.released.e2vid import e2vid_from_checkpoint, is_e2vid_layout
+from evtransfer.models.weights import load_adapted, load_pretrained, read_torch_file
 from evtransfer.simulate import luminance
 
 
@@ -134,7 +134,7 @@ def reconstruction_network(cfg: StageConfig, in_chans: int) -> nn.Module:
     naming the file), else freshly initialised (`cfg.reconstructor`, width, norm, decoders)."""
     path = cfg.recon_weights
     if path and not path.endswith(".safetensors"):
-        obj = read_checkpoint(path)
+        obj = read_torch_file(path)
         if is_e2vid_layout(obj):
             model = e2vid_from_checkpoint(obj, path)
             if (model.in_chans, model.feature_channels[0]) != (in_chans,

@@ -97,6 +97,36 @@ def _unwrap(obj: object, path: Path) -> StateDict:
                      f"found {type(obj).__name__}")
 
 
+def read_torch_file(path: str | Path) -> object:
+    """The object a torch file holds, read on the CPU with `torch.load(weights_only=True)`
+    (tensors and plain containers only). ValueError, one line naming the file, when the file
+    is missing, truncated, not a torch file, or holds objects whose loading would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?(\S+)", text)
+        if found or re.search(r"(?i)\b(REDUCE|BUILD|NEWOBJ|INST|OBJ)\b", text):
+            what = f" ({found.group(1)})" if found else ""
+            raise ValueError(f"{path}: refused: the file holds a Python object{what} whose "
+                             "loading would run code; a checkpoint holds tensors and plain "
+                             "containers only") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        raise ValueError(f"{path}: not a torch checkpoint (truncated or another format: "
+                         f"{detail.group(1) if detail else _first_line(err)})") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or another "
+                         f"format: {type(err).__name__} {_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:160] if lines else "empty file"
+
+
 def read_state_dict(path: str | Path) -> StateDict:
     """Read a local weights file into `{name: tensor}` on the CPU; never downloads.
 
@@ -116,12 +146,7 @@ def read_state_dict(path: str | Path) -> StateDict:
         except SafetensorError as err:
             raise ValueError(f"{path}: not a valid safetensors file ({err})") from err
     if suffix in TORCH_SUFFIXES:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise ValueError(f"{path}: cannot be read as a plain torch weights file with "
-                             f"weights_only=True ({str(err).splitlines()[0]})") from err
-        return _unwrap(obj, path)
+        return _unwrap(read_torch_file(path), path)
     raise ValueError(f"{path}: unknown weights format {suffix!r}; expected .safetensors or "
                      f"one of {', '.join(TORCH_SUFFIXES)}")
 

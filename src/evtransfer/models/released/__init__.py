@@ -2,12 +2,12 @@
 maps its keys onto our networks and loads them strictly (nothing here downloads).
 
 This module is the catalogue that ties them together: `CATALOGUE` holds one frozen `Released`
-entry per published file (its paper, published name, where its authors publish it, file
-layout, our architecture, key map, and the input it expects, each fact citing the reference
-code), `read_released` reads any of these files without running code from it, `layout_of`
-recognises which layout an object has, `load_released(name, path)` builds our network for
-an entry and loads the file into it strictly, and `inspect_file(path)` says what a file is
-and how its tensors map. `evtransfer weights list|inspect|convert` prints and uses them.
+entry per published file (its paper, published name, where its authors publish it, file layout,
+our architecture, key map, and the input it expects, each fact citing the reference code),
+`models.weights.read_torch_file` reads any of these files without running code from it,
+`layout_of` recognises which layout an object has, `load_released(name, path)` builds our
+network for an entry and loads the file into it strictly, and `inspect_file(path)` says what a
+file is and how its tensors map. `evtransfer weights list|inspect|convert` prints and uses them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from evtransfer.models.released.ecddp import RELEASED as ECDDP_RELEASED
 from evtransfer.models.released.ecddp import ecddp_swin_t, load_ecddp_backbone
 from evtransfer.models.released.evdistill import CHECKPOINTS as EVDISTILL_CHECKPOINTS
 from evtransfer.models.released.evdistill import EvdistillCheckpoint, load_evdistill
+from evtransfer.models.weights import read_torch_file
 
 # What `convert` writes for an entry: a model package (engine/package.py) that `predict`,
 # `evaluate` and `export` take; a safetensors state dict in our names for the config field
@@ -298,18 +299,6 @@ def entry(name: str) -> Released:
                      f"{', '.join(e.name for e in CATALOGUE)}")
 
 
-def read_released(path: str | Path) -> object:
-    """The object a released torch file holds, read with `torch.load(weights_only=True)`:
-    tensors and plain containers only. ValueError, one line naming the file, when it is
-    missing, truncated, not a torch file, or holds an object whose loading would run code."""
-    from evtransfer.models.released.e2vid import read_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
-    return read_checkpoint(path)
-
-
 def _tensor_dict(obj: object) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor)
                                                           for v in obj.values())
@@ -324,7 +313,7 @@ def _unwrapped(obj: Mapping) -> Mapping | None:
 
 
 def layout_of(obj: object) -> str | None:
-    """The `LAYOUTS` name of a checkpoint object (`read_released`), or None."""
+    """The `LAYOUTS` name of a checkpoint object (`models.weights.read_torch_file`), or None."""
     from evtransfer.models.released.e2vid import is_e2vid_layout
 
     if not isinstance(obj, Mapping):
@@ -373,7 +362,7 @@ class Loaded(NamedTuple):
 def _load_e2vid(item: Released, path: Path) -> Loaded:
     from evtransfer.models.released.e2vid import e2vid_from_checkpoint, e2vid_kwargs
 
-    obj = read_released(path)
+    obj = read_torch_file(path)
     network = e2vid_from_checkpoint(obj, path)
     config = obj["model"] if isinstance(obj.get("model"), Mapping) else obj["config"]["model"]
     kwargs = e2vid_kwargs(config, path)
@@ -442,7 +431,7 @@ def load_released(name: str, path: str | Path) -> Loaded:
     another layout (saying what it looks like), or holds tensors that do not map (the
     first named)."""
     item, path = entry(name), Path(path)
-    obj = read_released(path)
+    obj = read_torch_file(path)
     layout = layout_of(obj)
     if layout != item.layout:
         found = f"a {LAYOUTS[layout][0]}" if layout else describe(obj)
@@ -463,7 +452,7 @@ class Inspection(NamedTuple):
 def inspect_file(path: str | Path) -> Inspection:
     """Recognise a released file and try every catalogue entry of its layout on it."""
     path = Path(path)
-    obj = read_released(path)
+    obj = read_torch_file(path)
     layout = layout_of(obj)
     text = LAYOUTS[layout][0] if layout else describe(obj)
     results: list[tuple[str, Loaded | str]] = []

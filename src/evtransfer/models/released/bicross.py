@@ -20,16 +20,14 @@ first few, so a checkpoint of another architecture never half-loads.
 
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from evtransfer.models.weights import load_pretrained
+from evtransfer.models.weights import load_pretrained, read_torch_file
 
 StateDict = dict[str, Tensor]
 
@@ -124,8 +122,8 @@ def dpt_to_evtransfer(state: Mapping[str, Tensor], path: str = "<state>") -> Sta
 def is_released_layout(path: str | Path) -> bool:
     """Whether a weights file is in one of the three layouts above (and not in our names)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        obj = read_torch_file(path)
+    except ValueError:
         return False
     if not isinstance(obj, Mapping):
         return False
@@ -139,13 +137,7 @@ def read_bicross_checkpoint(path: str | Path) -> tuple[str, StateDict]:
     """(layout, our-name state dict) of a BiCross / DPT / timm-hybrid file; a file that is
     not a plain weights pickle, or of another architecture, gives a one-line ValueError."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ValueError(f"{path}: not a plain torch checkpoint readable with weights_only=True "
-                         f"({str(err).splitlines()[0][:200]})") from None
+    obj = read_torch_file(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("model_state_dict"), Mapping):
         return "bicross", dpt_to_evtransfer(obj["model_state_dict"], str(path))
     if not (isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor)

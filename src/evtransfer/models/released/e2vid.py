@@ -17,48 +17,16 @@ run code is refused. Its input is one window's 5-bin voxel grid normalised by
 
 from __future__ import annotations
 
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from evtransfer.models.recurrent import RecurrentUNet, e2vid
+from evtransfer.models.weights import read_torch_file
 
 ARCH = "E2VIDRecurrent"
 PREFIX = "unetrecurrent."
-
-
-def read_checkpoint(path: str | Path) -> object:
-    """The object a torch file holds, read on the CPU with `torch.load(weights_only=True)`
-    (tensors and plain containers only). ValueError, one line naming the file, when the file
-    is missing, truncated, not a torch file, or holds objects whose loading would run code."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: E2VID checkpoint not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?(\S+)", text)
-        if found or re.search(r"(?i)\b(REDUCE|BUILD|NEWOBJ|INST|OBJ)\b", text):
-            what = f" ({found.group(1)})" if found else ""
-            raise ValueError(f"{path}: refused: the file holds a Python object{what} whose "
-                             "loading would run code; a checkpoint holds tensors and plain "
-                             "containers only") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-        raise ValueError(f"{path}: not a torch checkpoint (truncated or another format: "
-                         f"{detail.group(1) if detail else _first_line(err)})") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or another "
-                         f"format: {type(err).__name__} {_first_line(err)})") from None
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:160] if lines else "empty file"
 
 
 def is_e2vid_layout(obj: object) -> bool:
@@ -101,10 +69,10 @@ def e2vid_kwargs(config: Mapping, path: str | Path = "<config>") -> dict:
 
 
 def e2vid_from_checkpoint(obj: Mapping, path: str | Path = "<checkpoint>") -> RecurrentUNet:
-    """Our E2VID built from the config of an rpg_e2vid checkpoint object (`read_checkpoint`)
-    with all its tensors loaded, in eval mode. ValueError naming `path` when the layout is
-    another, the architecture is not `E2VIDRecurrent`, or any tensor does not map (the
-    first few named) or is missing."""
+    """Our E2VID built from the config of an rpg_e2vid checkpoint object (as
+    `models.weights.read_torch_file` reads it) with all its tensors loaded, in eval mode.
+    ValueError naming `path` when the layout is another, the architecture is not
+    `E2VIDRecurrent`, or any tensor does not map (the first few named) or is missing."""
     if not is_e2vid_layout(obj):
         raise ValueError(f"{path}: not an rpg_e2vid checkpoint ({{'arch', 'model', "
                          f"'state_dict'}} expected), found {_describe(obj)}")
@@ -140,4 +108,4 @@ def load_e2vid(path: str | Path) -> RecurrentUNet:
     built from its config with every tensor loaded, in eval mode, on the CPU. Input: one
     window `(B, num_bins, H, W)` normalised with `e2vid_input_norm`; output `(B, 1, H, W)`
     in [0, 1] and the recurrent state."""
-    return e2vid_from_checkpoint(read_checkpoint(path), path)
+    return e2vid_from_checkpoint(read_torch_file(path), path)

@@ -16,14 +16,14 @@ key map of our E2VID network, passed in by the caller. Files are read with
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
+
+from evtransfer.models.weights import read_torch_file
 
 StateDict = dict[str, Tensor]
 
@@ -121,13 +121,7 @@ def read_ess_checkpoint(path: str | Path) -> EssCheckpoint:
     """Read an ESS `Epoch_N.pt` (torch.load with weights_only=True) and rename its image
     encoder and decoder onto ours; CheckpointLayoutError names the file and what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise CheckpointLayoutError(f"{path}: not a plain torch checkpoint readable with "
-                                    f"weights_only=True ({str(err).splitlines()[0]})") from err
+    obj = read_torch_file(path)
     needed = (IMAGE_ENCODER, EVENT_ENCODER, DECODER, "epoch", "step_count")
     if not isinstance(obj, Mapping) or any(k not in obj for k in needed):
         found = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
