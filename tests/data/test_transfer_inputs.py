@@ -36,7 +36,7 @@ def _standardised(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("kind, channels", [("voxel", 5), ("histogram", 2), ("evsegnet", 6)])
 def test_channels_and_raw_values(kind, channels):
     ev = _events()
-    rep = EventInput(kind=kind, normalize=False)
+    rep = EventInput(kind=kind, normalize=False).representation()
     x = rep(ev)
     assert rep.channels() == channels and x.shape == (1, channels, 9, 12)
     ref = {"voxel": lambda: voxel_grid(ev, 5, normalize=False), "histogram": lambda: histogram(ev),
@@ -46,10 +46,10 @@ def test_channels_and_raw_values(kind, channels):
 
 def test_normalize_standardises_the_counts_only():
     ev = _events()
-    hist = EventInput(kind="histogram")(ev)[0].double().numpy()
+    hist = EventInput(kind="histogram").representation()(ev)[0].double().numpy()
     raw = histogram(ev)[0].double().numpy()
     np.testing.assert_allclose(hist, _standardised(raw), rtol=1e-5, atol=1e-6)
-    seg = EventInput(kind="evsegnet")(ev)[0].double().numpy()
+    seg = EventInput(kind="evsegnet").representation()(ev)[0].double().numpy()
     raw = evsegnet_encoding(ev)[0].double().numpy()
     np.testing.assert_allclose(seg[:2], _standardised(raw[:2]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(seg[2:], raw[2:], rtol=0, atol=0)  # timestamp statistics as is

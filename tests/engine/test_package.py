@@ -17,6 +17,7 @@ from evtransfer.engine.package import (
 )
 from evtransfer.io.base import FormatError
 from evtransfer.models import create_model
+from evtransfer.represent import EvSegNet, SpikeStack, VoxelGrid
 from evtransfer.viz import DSEC11_PALETTE
 
 NET = {"model": "segformer_b0", "kwargs": {"in_chans": 5, "num_classes": 11},
@@ -54,7 +55,9 @@ def test_method_input_overrides_and_unknown_keys():
 @pytest.mark.parametrize("fields, match", [
     ({"window_us": 0}, "exactly one of window_us and window_events"),
     ({"window_events": 100}, "exactly one of window_us and window_events"),
-    ({"kind": "frames"}, "event kind"),
+    ({"kind": "frames"}, r"event kind must be one of \('voxel', 'histogram', 'evsegnet'\)"),
+    ({"kind": "voxel", "bins": 0}, "bins must be >= 1"),
+    ({"modality": "spikes", "kind": "voxel", "frames": 4}, r"spike kind .*\('spike_stack',\)"),
     ({"modality": "spikes", "kind": "spike_stack"}, "frames >= 1"),
     ({"crop_bottom": 48}, "crop_bottom"),
     ({"size": (0, 64)}, "size"),
@@ -140,3 +143,32 @@ def test_weights_of_another_network_are_refused(tmp_path):
     unknown = ModelSpec.from_dict({**json.loads(spec.to_json()), "model": "nonet"})
     with pytest.raises(FormatError, match="cannot build"):
         build_network(unknown, state, file=file)
+
+
+# the spec JSON a package held before representations were objects (evtransfer 0.x, format 1)
+OLD_SPEC = {"class_names": [], "depth_range": [0.001, 80.0], "evtransfer_version": "0.1.0",
+            "format_version": 1, "input": {"bins": 5, "crop_bottom": 40, "frames": 0,
+                                           "kind": "evsegnet", "modality": "events",
+                                           "normalize": True, "num_windows": 2,
+                                           "resize": "bilinear", "sensor": [640, 480],
+                                           "size": [440, 640], "window_events": 100000,
+                                           "window_us": 0},
+            "kwargs": {"in_chans": 12, "num_classes": 11}, "label_space": "dsec11",
+            "method": "ess", "model": "segformer_b0", "output": "logits", "palette": [],
+            "provenance": {}, "task": "segmentation"}
+
+
+def test_old_spec_json_resolves_to_representation_objects(tmp_path):
+    path = _raw(tmp_path / "old.safetensors", {"format": "evtransfer.model",
+                                               "spec": json.dumps(OLD_SPEC)})
+    spec = read_package(path)[0]
+    assert spec.input.representation() == EvSegNet(normalize=True)
+    assert spec.input.channels() == 12
+    assert json.loads(spec.to_json()) == OLD_SPEC  # the file format is unchanged
+    assert INPUTS.representation() == VoxelGrid(bins=5, normalize=True)
+    spikes = InputSpec(modality="spikes", kind="spike_stack", frames=4, sensor=(4, 4),
+                       size=(4, 4))
+    assert spikes.representation() == SpikeStack(frames=4) and spikes.channels() == 4
+    images = InputSpec(modality="images", kind="aps_frame", sensor=(4, 4), size=(4, 4))
+    with pytest.raises(ValueError, match="read from files"):
+        images.representation()

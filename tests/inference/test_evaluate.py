@@ -100,7 +100,7 @@ def test_dsec_semantic_scores_a_varying_model_as_ess_scores_its_windows(dsec_roo
     model = load_model(segmenter_package(tmp_path / "r.safetensors", seed=3, **DSEC_INPUT))
     result = evaluate(model, "dsec-semantic", dsec_root, _opts(batch=2))
     ds = DsecSemantic(dsec_root, "test", DsecSemanticConfig(num_windows=1, events_per_window=500),
-                      representation=EventInput())
+                      representation=EventInput().representation())
     metrics = ref_attr(import_ref("uzh-rpg+ess", "evaluation.metrics"), "MetricsSemseg")(
         11, 255, [str(c) for c in range(11)])
     for item in ds:

@@ -34,7 +34,7 @@ def test_matched_input_is_the_training_representation(tmp_path, device):
     windows = [_events(3000, seed=s) for s in range(3)]
     prepared = model.represent(windows)
     assert prepared.out_size == (48, 64)
-    torch.testing.assert_close(prepared.x, EventInput()(windows), rtol=0, atol=0)
+    torch.testing.assert_close(prepared.x, EventInput().representation()(windows), rtol=0, atol=0)
     probs = model(windows)
     assert probs.shape == (3, 11, 48, 64) and probs.device.type == device
     torch.testing.assert_close(probs.sum(1), torch.ones(3, 48, 64, device=device))
@@ -62,7 +62,8 @@ def test_chunks_and_count_windows(tmp_path):
     model = load_model(path)
     ev = _events(300)
     x = model.represent(ev).x
-    want = torch.cat([EventInput(bins=2)(ev[k * 100:(k + 1) * 100]) for k in range(3)], 1)
+    rep = EventInput(bins=2).representation()
+    want = torch.cat([rep(ev[k * 100:(k + 1) * 100]) for k in range(3)], 1)
     torch.testing.assert_close(x, want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="list of 3 Events chunks"):
         model.represent([[ev]])

@@ -75,7 +75,7 @@ def test_time_windows_labels_and_empty_window(gap_recording, model, tmp_path):
     assert np.array_equal(np.array(image.getpalette()[:33]).reshape(11, 3), DSEC11_PALETTE)
     window = ev.time_window(50_000, 100_000)
     with torch.no_grad():
-        logits = model.network(EventInput()(window))
+        logits = model.network(EventInput().representation()(window))
     want = F.interpolate(logits, size=(48, 64), mode="bilinear").argmax(1)[0].numpy()
     assert np.array_equal(np.array(image), want)
     assert (out / "overlay.gif").is_file()

@@ -101,15 +101,15 @@ def load_caltech_recognition(cfg: CaltechConfig) -> tuple[CaltechTrain, CaltechT
     train = _recordings(cfg, "train")
     classes = tuple(train.classes)
     images_root = require_dir(Path(cfg.images_root), "Caltech101 class folders")
-    xs, images, source_y = [], [], []
+    xs, images, source_y, rep = [], [], [], cfg.events.representation()
     for i, (path, _) in enumerate(train.samples):  # the recording's label is not read
-        xs.append(_resize(cfg.events(train[i]["events"]), cfg.size))
+        xs.append(_resize(rep(train[i]["events"]), cfg.size))
         image = _image_path(images_root, Path(path))
         images.append(_image(image, cfg.size))
         source_y.append(classes.index(image.parent.name))
     rgb = torch.cat(images)
     test = _recordings(cfg, "test")
-    test_x = torch.cat([_resize(cfg.events(test[i]["events"]), cfg.size)
+    test_x = torch.cat([_resize(rep(test[i]["events"]), cfg.size)
                         for i in range(len(test))])
     return (CaltechTrain(classes, rgb, torch.tensor(source_y), torch.cat(xs), to_gray(rgb)),
             CaltechTest(test_x, caltech_event_labels(cfg, "test")))

@@ -38,38 +38,29 @@ from evtransfer.data.dsec_semantic import DsecSemantic, DsecSemanticConfig
 from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED, Withheld, withhold
 from evtransfer.data.synthetic import SyntheticConfig, motion_chunks, synthesize
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
-from evtransfer.events import Events
-from evtransfer.represent import evsegnet_encoding, histogram, normalize_nonzero, voxel_grid
-
-EVENT_KINDS = ("voxel", "histogram", "evsegnet")
+from evtransfer.represent import Representation, representation_names, representation_of
 
 
 @dataclass(frozen=True)
 class EventInput:
-    """How an event window becomes a network input: `kind` "voxel" (`bins` channels),
-    "histogram" ((neg, pos) counts, 2 channels: EvDistill's 2-channel student) or "evsegnet"
-    (Ev-SegNet's 6 channels). `normalize` standardises the non-zero entries of the voxel
-    grid or of the count channels (`represent.normalize_nonzero`)."""
+    """Which representation an event window becomes, by name (`kind`, one of
+    `represent.representation_names("events")`) and parameters; `representation()` resolves
+    it to the object (`represent.objects`). `bins` counts only for "voxel"; `normalize`
+    standardises the non-zero entries of the voxel grid or of the count channels."""
 
     bins: int = 5  # code: uzh-rpg/ess config (nr_bins_per_data = 5); E2VID's 5 bins
     normalize: bool = True  # E2VID normalises non-zero voxels; unpublished for CMESS
     kind: str = "voxel"
 
     def __post_init__(self) -> None:
-        if self.kind not in EVENT_KINDS:
-            raise ValueError(f"events.kind must be one of {EVENT_KINDS}, got {self.kind!r}")
+        names = representation_names("events")
+        if self.kind not in names:
+            raise ValueError(f"events.kind must be one of {names}, got {self.kind!r}")
 
-    def channels(self) -> int:
-        return {"voxel": self.bins, "histogram": 2, "evsegnet": 6}[self.kind]
-
-    def __call__(self, events: Events | list[Events]) -> torch.Tensor:
-        """(B, channels(), H, W) float32 inputs of one window or a list of windows."""
-        if self.kind == "voxel":
-            return voxel_grid(events, self.bins, normalize=self.normalize)
-        x = histogram(events) if self.kind == "histogram" else evsegnet_encoding(events)
-        if self.normalize:
-            x = torch.cat([normalize_nonzero(x[:, :2]), x[:, 2:]], 1)
-        return x
+    def representation(self) -> Representation:
+        """The representation object: called on one window or a list of windows, it gives
+        (B, channels(), H, W) float32."""
+        return representation_of(self.kind, self)
 
 
 @dataclass(frozen=True)
@@ -122,7 +113,7 @@ def _key(root: Path, cfg: TransferDataConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _windows(dataset: WorldTarget, rep: EventInput, progress: bool, what: str):
+def _windows(dataset: WorldTarget, rep: Representation, progress: bool, what: str):
     xs, labels, rgbs = [], [], []
     for i in tqdm(range(len(dataset)), desc=what, disable=not progress):
         s = dataset[i]
@@ -138,13 +129,14 @@ def _build(root: Path, cfg: TransferDataConfig, progress: bool) -> dict[str, tor
     rgb = torch.stack([source[i]["rgb"] for i in range(len(source))])
     label = torch.stack([source[i]["label"] for i in range(len(source))])
     synth = synthesize(source, cfg.synthetic, progress=progress)
-    synth_x = torch.cat([cfg.events(synth.events[i:i + 64]) for i in range(0, len(synth), 64)])
+    rep = cfg.events.representation()
+    synth_x = torch.cat([rep(synth.events[i:i + 64]) for i in range(0, len(synth), 64)])
     common = dict(window_us=cfg.window_us, label_space=cfg.label_space,
                   test_sequences=cfg.test_sequences)
     train = WorldTarget(root, WorldTargetConfig(split="train", **common))
     test = WorldTarget(root, WorldTargetConfig(split="test", with_rgb=True, **common))
-    target_x, target_label, _ = _windows(train, cfg.events, progress, "target train")
-    test_x, test_label, test_rgb = _windows(test, cfg.events, progress, "target test")
+    target_x, target_label, _ = _windows(train, rep, progress, "target train")
+    test_x, test_label, test_rgb = _windows(test, rep, progress, "target test")
     return {"source_rgb": rgb, "source_label": label, "synth_x": synth_x,
             "synth_label": synth.labels, "synth_gray": synth.images, "target_x": target_x,
             "target_label": target_label, "test_x": test_x, "test_label": test_label,
@@ -224,7 +216,8 @@ def _spread(n: int, cap: int) -> np.ndarray:
 def _check_config(real: RealTransferConfig, cfg: TransferDataConfig) -> None:
     """The target's label files and the benchmark's label space must be the same classes, and
     sub-pixel rectification needs a representation that splats (the voxel grid)."""
-    if real.target == "dsec_semantic" and real.dsec.subpixel and cfg.events.kind != "voxel":
+    splats = cfg.events.representation().splats_subpixel
+    if real.target == "dsec_semantic" and real.dsec.subpixel and not splats:
         raise ValueError(f"real.dsec.subpixel splats sub-pixel events, which only the voxel "
                          f"grid does; set real.dsec.subpixel: false for events.kind "
                          f"{cfg.events.kind!r}")
@@ -238,9 +231,10 @@ def _check_config(real: RealTransferConfig, cfg: TransferDataConfig) -> None:
 
 
 def _target(real: RealTransferConfig, cfg: TransferDataConfig, split: str):
+    rep = cfg.events.representation()
     if real.target == "dsec_semantic":
-        return DsecSemantic(real.target_root, split, real.dsec, representation=cfg.events)
-    return Ddd17Segmentation(real.target_root, split, real.ddd17, representation=cfg.events)
+        return DsecSemantic(real.target_root, split, real.dsec, representation=rep)
+    return Ddd17Segmentation(real.target_root, split, real.ddd17, representation=rep)
 
 
 class _NpyWriter:
@@ -297,9 +291,9 @@ def _write_synthetic(folder: Path, source, cfg: TransferDataConfig, progress: bo
         raise ValueError("real data: the Cityscapes source is still images, so synthetic.mode "
                          "must be 'motion'")
     n = len(source) * cfg.synthetic.variants
-    writers = None
+    writers, rep = None, cfg.events.representation()
     for part in motion_chunks(source, cfg.synthetic, progress=progress):
-        x = cfg.events(part.events)
+        x = rep(part.events)
         if writers is None:
             writers = [_NpyWriter(folder, name, n, t[0])
                        for name, t in zip(names, (x, part.labels, part.images), strict=True)]

@@ -31,14 +31,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from evtransfer.io.base import FormatError
+from evtransfer.represent import Representation, representation_names, representation_of
 
 PACKAGE_FORMAT = "evtransfer.model"
 PACKAGE_VERSION = 1
 TASKS = ("segmentation", "depth")
 OUTPUTS = {"segmentation": ("logits",), "depth": ("depth",)}
-EVENT_KINDS = ("voxel", "histogram", "evsegnet")
-SPIKE_KINDS = ("spike_stack",)
-# EvDistill's released side-by-side PNGs: the events pre-rendered as RGB, or the APS frame
+# EvDistill's released side-by-side PNGs: the events pre-rendered as RGB, or the APS frame;
+# read from files as they are, so not representations (`represent.REPRESENTATIONS`)
 IMAGE_KINDS = ("event_image", "aps_frame")
 
 # Class names of the label spaces the world and the datasets use, in id order.
@@ -59,7 +59,8 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
 class InputSpec:
     """How a recording window becomes the network input (B, channels(), *size) float32.
 
-    Events: `kind` voxel (`bins` channels), histogram (2) or evsegnet (6), `normalize` the
+    `kind` names the representation (`represent.REPRESENTATIONS`; `representation()` gives the
+    object). Events: voxel (`bins` channels), histogram (2) or evsegnet (6), `normalize` the
     non-zero entries of each chunk (as `data.transfer.EventInput`); a window is either the
     `window_us` µs before the prediction time or `num_windows` × `window_events` events, and
     is cut into `num_windows` ESS chunks whose channels are concatenated. Spikes: `kind`
@@ -94,19 +95,11 @@ class InputSpec:
     def problems(self) -> list[str]:
         """What is inconsistent in this spec (empty when it is valid)."""
         out = []
-        if self.modality == "events":
-            if self.kind not in EVENT_KINDS:
-                out.append(f"event kind must be one of {EVENT_KINDS}, got {self.kind!r}")
-            if (self.window_us > 0) == (self.window_events > 0):
+        if self.modality in ("events", "spikes"):
+            out += self._representation_problems()
+            if self.modality == "events" and (self.window_us > 0) == (self.window_events > 0):
                 out.append("exactly one of window_us and window_events must be positive, got "
                            f"{self.window_us} and {self.window_events}")
-            if self.kind == "voxel" and self.bins < 1:
-                out.append(f"bins must be >= 1, got {self.bins}")
-        elif self.modality == "spikes":
-            if self.kind not in SPIKE_KINDS:
-                out.append(f"spike kind must be one of {SPIKE_KINDS}, got {self.kind!r}")
-            if self.frames < 1:
-                out.append(f"spike input needs frames >= 1, got {self.frames}")
         elif self.modality == "images":
             if self.kind not in IMAGE_KINDS:
                 out.append(f"image kind must be one of {IMAGE_KINDS}, got {self.kind!r}")
@@ -125,14 +118,29 @@ class InputSpec:
             out.append(f"resize must be 'bilinear' or 'nearest', got {self.resize!r}")
         return out
 
+    def _representation_problems(self) -> list[str]:
+        names = representation_names(self.modality)
+        if self.kind not in names:
+            return [f"{self.modality[:-1]} kind must be one of {names}, got {self.kind!r}"]
+        try:
+            self.representation()
+        except ValueError as err:
+            return [str(err)]
+        return []
+
+    def representation(self) -> Representation:
+        """The representation object of one chunk (events) or clip (spikes)."""
+        if self.modality == "images":
+            raise ValueError(f"image inputs ({self.kind}) are read from files, not computed "
+                             "by a representation")
+        return representation_of(self.kind, self)
+
     def channels(self) -> int:
         """Input channels of the network: per-chunk channels × num_windows (or frames)."""
-        if self.modality == "spikes":
-            return self.frames
         if self.modality == "images":
             return 3
-        per = {"voxel": self.bins, "histogram": 2, "evsegnet": 6}[self.kind]
-        return per * self.num_windows
+        per = self.representation().channels()
+        return per if self.modality == "spikes" else per * self.num_windows
 
     def window_text(self) -> str:
         """The window in words, e.g. '50000 µs' or '20 × 100000 events'."""

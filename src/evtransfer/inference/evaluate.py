@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from evtransfer.data.transfer import EventInput
 from evtransfer.events import Spikes
 from evtransfer.inference.model import Model
 from evtransfer.metrics import ConfusionMatrix, DepthMetrics, segmentation_scores
+from evtransfer.represent import Representation
 
 DATASETS = ("world", "dsec-semantic", "ddd17", "mvsec-depth", "kitti-depth")
 TASK_OF = {"world": None, "dsec-semantic": "segmentation", "ddd17": "segmentation",
@@ -96,9 +96,9 @@ def _warn_sensor(model: Model, sensor: tuple[int, int], resize: bool, where: str
         log(f"warning: {warning}")
 
 
-def _chunk_rep(model: Model, normalize: bool) -> Callable:
-    i = model.input
-    return EventInput(bins=i.bins, normalize=normalize and i.normalize, kind=i.kind)
+def _chunk_rep(model: Model, normalize: bool) -> Representation:
+    rep = model.input.representation()
+    return replace(rep, normalize=normalize and rep.normalize)
 
 
 def _events_per_chunk(model: Model, protocol_count: int) -> int:
@@ -189,7 +189,7 @@ def _dsec(model: Model, root: Path, opts: EvalOptions, split: str, log):
     cfg = DsecSemanticConfig(num_classes=model.num_classes,
                              num_windows=model.input.num_windows,
                              events_per_window=_events_per_chunk(model, 100_000),
-                             subpixel=model.input.kind == "voxel")
+                             subpixel=model.input.representation().splats_subpixel)
     ds = DsecSemantic(root, split, cfg, representation=_chunk_rep(model, matched))
     protocol = {"split": f"{split}: {', '.join(s.name for s in ds.sequences)}",
                 "labels": f"first {cfg.labels_dropped()} dropped, every {cfg.label_stride}nd",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from evtransfer.data._common import ess_chunks
-from evtransfer.data.transfer import EventInput
 from evtransfer.engine.package import (
     CLASS_NAMES,
     InputSpec,
@@ -33,7 +33,6 @@ from evtransfer.engine.package import (
     read_package,
 )
 from evtransfer.events import Events, Spikes
-from evtransfer.represent import normalize_nonzero
 from evtransfer.viz import PALETTES
 
 Window = Events | Sequence[Events] | Spikes
@@ -125,8 +124,6 @@ class Model:
     def describe(self) -> str:
         """One paragraph: method, task, input tensor and what it represents."""
         s, i = self.spec, self.spec.input
-        rep = (f"{i.kind} ({i.bins} bins{', normalised' if i.normalize else ''})"
-               if i.kind == "voxel" else i.kind)
         if i.modality == "images":
             return (f"{s.method} {s.task} model ({s.model}); input float32 (N, 3, {i.size[0]}, "
                     f"{i.size[1]}) in [0, 1]: {i.window_text()} (EvDistill's PNG half, resized "
@@ -134,6 +131,7 @@ class Model:
                     f"{i.size[0]}, {i.size[1]})")
         out = (f"class probabilities (N, {s.num_classes}, {i.size[0]}, {i.size[1]})"
                if s.task == "segmentation" else f"depth in metres (N, {i.size[0]}, {i.size[1]})")
+        rep = i.representation().describe()
         return (f"{s.method} {s.task} model ({s.model}); input float32 (N, {i.channels()}, "
                 f"{i.size[0]}, {i.size[1]}): {rep} of {i.window_text()}, trained on a "
                 f"{i.sensor[0]}x{i.sensor[1]} sensor, bottom {i.crop_bottom} rows cropped; "
@@ -157,17 +155,13 @@ class Model:
 
     # --- representation -----------------------------------------------------------------
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardise the non-zero entries of each chunk, as `EventInput(normalize=True)`."""
+        """Standardise each chunk as the representation's `normalize=True` does."""
         i = self.input
         if i.modality != "events" or not i.normalize:
             return x
         b, c, h, w = x.shape
         chunks = x.reshape(b * i.num_windows, c // i.num_windows, h, w)
-        if i.kind == "voxel":
-            out = normalize_nonzero(chunks)
-        else:
-            out = torch.cat([normalize_nonzero(chunks[:, :2]), chunks[:, 2:]], 1)
-        return out.reshape(b, c, h, w)
+        return i.representation().standardize(chunks).reshape(b, c, h, w)
 
     def fit_input(self, x: torch.Tensor, *, raw: bool) -> torch.Tensor:
         """Network input (B, C, *size) from a representation (B, C, H, W) already cropped.
@@ -218,25 +212,25 @@ class Model:
             if not allow_empty and not sum(len(c) for c in item):
                 raise ValueError(f"window {n} has no events: a prediction from an empty window "
                                  "would be meaningless")
-        i = self.input
-        raw = EventInput(bins=i.bins, normalize=False, kind=i.kind)([c for it in items for c in it])
+        rep = replace(self.input.representation(), normalize=False)
+        raw = rep([c for it in items for c in it])
         b, (h, w) = len(items), raw.shape[-2:]
         return raw.reshape(b, -1, h, w), sensors.pop()
 
     def _represent_spikes(self, windows, allow_empty: bool) -> tuple[torch.Tensor, tuple]:
         items = [windows] if isinstance(windows, Spikes) else list(windows)
-        t = self.input.frames
+        rep, t = self.input.representation(), self.input.frames
         clips = []
         for n, s in enumerate(items):
             if not isinstance(s, Spikes):
                 raise ValueError(f"window {n}: expected Spikes, got {type(s).__name__}")
             if len(s) < t:
                 raise ValueError(f"window {n} has {len(s)} spike frames; the model needs {t}")
-            clip = np.asarray(s.frames(len(s) - t, len(s)).unpack())
-            if not allow_empty and not clip.any():
+            clip = rep.last(s, len(s))
+            if not allow_empty and not (clip > 0).any():
                 raise ValueError(f"window {n} has no spikes: a prediction from it would be "
                                  "meaningless")
-            clips.append(torch.from_numpy(clip.astype(np.float32) * 2 - 1))
+            clips.append(clip)
         sensors = {(s.width, s.height) for s in items}
         if len(sensors) != 1:
             raise ValueError(f"clips come from different sensors: {sorted(sensors)}")

@@ -12,15 +12,41 @@ Event representations take `Events`, a sequence of `Events` (a batch), `TorchEve
 
 Spike representations take `Spikes` or a (T, H, W) tensor and key frame(s): `tfp`, `tfi`,
 `spike_stack` (BiCross's ±1 input).
+
+`objects` wraps each representation a network takes as a frozen dataclass holding its
+parameters (`VoxelGrid`, `Histogram`, `EvSegNet`, `SpikeStack`), registered by the name configs
+and model packages store (`REPRESENTATIONS`, `get_representation`).
 """
 
 from evtransfer.represent.batch import EventBatch, EventsLike, as_event_batch
 from evtransfer.represent.histogram import event_image, histogram, stacked_histogram
+from evtransfer.represent.objects import (
+    REPRESENTATIONS,
+    EvSegNet,
+    Histogram,
+    Representation,
+    SpikeStack,
+    VoxelGrid,
+    get_representation,
+    representation_names,
+    representation_of,
+    representation_type,
+)
 from evtransfer.represent.spikes import spike_stack, tfi, tfp
 from evtransfer.represent.surface import evsegnet_encoding, time_surface
 from evtransfer.represent.voxel import normalize_nonzero, voxel_grid
 
 __all__ = [
+    "REPRESENTATIONS",
+    "EvSegNet",
+    "Histogram",
+    "Representation",
+    "SpikeStack",
+    "VoxelGrid",
+    "get_representation",
+    "representation_names",
+    "representation_of",
+    "representation_type",
     "EventBatch",
     "EventsLike",
     "as_event_batch",
