@@ -88,7 +88,10 @@ def test_ctrl_c_in_a_subprocess_exits_130_and_leaves_no_partial_file(tmp_path):
     env = {"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen([sys.executable, "-m", "evtransfer.cli", "simulate", "events",
                              str(image), "--motion", "random", "--frames", "20000", "-o",
-                             str(out)], stderr=subprocess.PIPE, text=True, env=env)
+                             str(out)], stderr=subprocess.PIPE, text=True, env=env,
+                            # a runner started in the background ignores SIGINT, and a child
+                            # inherits that: give it the default disposition a terminal has
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)  # until the writer's temporary file shows the simulation is running
