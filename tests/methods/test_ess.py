@@ -18,7 +18,6 @@ from evtransfer.methods import METHODS, TARGET_LABELED
 from evtransfer.methods._stages import StageConfig
 from evtransfer.methods.ess import (
     EssConfig,
-    EssSegmenter,
     SourceTargetPairs,
     ess_losses,
     event_latents,
@@ -32,6 +31,7 @@ from evtransfer.methods.ess import (
 )
 from evtransfer.models import create_model
 from evtransfer.models.recurrent import e2vid_input_norm
+from evtransfer.models.segmenters import E2vidSegmenter
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ess"
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -116,8 +116,8 @@ def test_each_window_is_normalised_as_e2vid_before_the_encoder():
             torch.testing.assert_close(image, want_image)
             for got, ref in zip(latents, want, strict=True):
                 torch.testing.assert_close(got, ref)
-            torch.testing.assert_close(EssSegmenter(enc, decoder, mode)(x),
-                                       EssSegmenter(enc, decoder)(normed))
+            torch.testing.assert_close(E2vidSegmenter(enc, decoder, mode)(x),
+                                       E2vidSegmenter(enc, decoder, "none")(normed))
         _, raw = event_latents(enc, x)
         assert not torch.allclose(raw[0], latents[0])
     assert EssConfig().event_input_norm == "batch"

@@ -50,9 +50,8 @@ from evtransfer.losses import segmentation_loss
 from evtransfer.methods._stages import StageConfig, recon_key, source_input, train_reconstruction
 from evtransfer.methods.result import MethodResult
 from evtransfer.models import create_model, load_pretrained
-from evtransfer.models.recurrent import e2vid_input_norm
-
-INPUT_NORMS = ("batch", "sample", "none")
+from evtransfer.models.recurrent import INPUT_NORMS, normalize_windows
+from evtransfer.models.segmenters import E2vidSegmenter
 
 
 def _uda_fit() -> FitConfig:
@@ -140,31 +139,12 @@ def event_latents(encoder: nn.Module, x: Tensor, with_image: bool = False,
     `e2vid_input_norm` pooled over the batch, as ESS's code; "sample"; "none"). Returns the
     last window's reconstruction (B, 1, H, W) in [0, 1] (None unless `with_image`) and its
     latents at strides 2, 4, 8."""
-    if input_norm not in INPUT_NORMS:
-        raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
-    if input_norm != "none":
-        x = torch.cat([e2vid_input_norm(w, per_sample=input_norm == "sample")
-                       for w in x.split(encoder.in_chans, dim=1)], dim=1)
-    last, state = encoder.history(x)
+    last, state = encoder.history(normalize_windows(x, encoder.in_chans, input_norm))
     if with_image:
         out = encoder.forward_all(last, state)
         return out.image, out.features
     latents, _ = encoder.encode(last, state)
     return None, latents
-
-
-class EssSegmenter(nn.Module):
-    """ESS at inference: event windows (B, K·bins, H, W) → E2VID's input normalisation
-    (`input_norm`, see `event_latents`) → frozen recurrent encoder → task decoder → logits
-    (B, classes, H, W)."""
-
-    def __init__(self, events: nn.Module, decoder: nn.Module, input_norm: str = "none") -> None:
-        super().__init__()
-        self.events, self.decoder, self.input_norm = events, decoder, input_norm
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, latents = event_latents(self.events, x, input_norm=self.input_norm)
-        return self.decoder(latents, x.shape[-2:]).logits
 
 
 def event_encoder(data: TransferData, cfg: EssConfig, root: Path, seed: int, device,
@@ -349,7 +329,7 @@ def train_ess(data: TransferData, cfg: EssConfig, root: str | Path, *, seed: int
     run = stage_dir(root, "ESS", own, cfg.event_encoder_weights or recon_key(cfg.stages), seed)
     minutes["ESS"] = uda_stage(events, image_encoder, decoder, data, cfg, run, seed, device,
                                progress, labels if cfg.train_on_event_labels else None)
-    segmenter = EssSegmenter(events, decoder.eval(), cfg.event_input_norm).eval()
+    segmenter = E2vidSegmenter(events, decoder.eval(), cfg.event_input_norm).eval()
     network = nn.ModuleList([events.head, events.encoders, decoder])
     return MethodResult(lambda x: segment(segmenter, x, device=device), network, minutes)
 

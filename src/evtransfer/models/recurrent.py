@@ -88,6 +88,21 @@ def e2vid_input_norm(x: Tensor, per_sample: bool = False) -> Tensor:
     return torch.where(count > 0, out, flat).reshape(x.shape)
 
 
+INPUT_NORMS = ("batch", "sample", "none")
+
+
+def normalize_windows(x: Tensor, bins: int, mode: str) -> Tensor:
+    """`e2vid_input_norm` applied to each of the K windows of x (B, K·bins, H, W): "batch"
+    pools the statistics over the batch (ESS's code), "sample" takes them per item, "none"
+    returns x unchanged."""
+    if mode not in INPUT_NORMS:
+        raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {mode!r}")
+    if mode == "none":
+        return x
+    return torch.cat([e2vid_input_norm(w, per_sample=mode == "sample")
+                      for w in x.split(bins, dim=1)], dim=1)
+
+
 class _ConvLayer(nn.Module):
     """k×k conv (bias unless batch norm) → optional norm → ReLU (or nothing). Named as
     rpg_e2vid's `ConvLayer` (`conv2d`, `norm_layer`)."""

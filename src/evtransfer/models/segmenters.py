@@ -9,13 +9,10 @@ released ESS `Epoch_N.pt` loads into it (`models.released`), so `evtransfer eval
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from evtransfer.models.heads import LatentSegDecoder, latent_seg_decoder
-from evtransfer.models.recurrent import RecurrentUNet, e2vid, e2vid_input_norm
-
-INPUT_NORMS = ("batch", "sample", "none")
+from evtransfer.models.recurrent import INPUT_NORMS, RecurrentUNet, e2vid, normalize_windows
 
 
 class E2vidSegmenter(nn.Module):
@@ -36,9 +33,7 @@ class E2vidSegmenter(nn.Module):
         self.events, self.decoder, self.input_norm = events, decoder, input_norm
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_norm != "none":
-            x = torch.cat([e2vid_input_norm(w, per_sample=self.input_norm == "sample")
-                           for w in x.split(self.events.in_chans, dim=1)], dim=1)
+        x = normalize_windows(x, self.events.in_chans, self.input_norm)
         last, state = self.events.history(x)
         latents, _ = self.events.encode(last, state)
         return self.decoder(latents, x.shape[-2:]).logits
