@@ -22,11 +22,6 @@ from evtransfer.represent.surface import evsegnet_encoding
 from evtransfer.represent.voxel import normalize_nonzero, voxel_grid
 
 
-def _standardize_counts(x: torch.Tensor) -> torch.Tensor:
-    """`normalize_nonzero` over the two count channels of (B, C, H, W); the rest untouched."""
-    return torch.cat([normalize_nonzero(x[:, :2]), x[:, 2:]], 1)
-
-
 @dataclass(frozen=True)
 class VoxelGrid:
     """`voxel_grid`: `bins` time bins of summed polarity (B, bins, H, W) float32; `normalize`
@@ -59,55 +54,47 @@ class VoxelGrid:
 
 
 @dataclass(frozen=True)
-class Histogram:
-    """`histogram`: (neg, pos) counts (B, 2, H, W) float32 (EvDistill's 2-channel student);
-    `normalize` standardises the non-zero counts."""
+class _Counts:
+    """A representation whose first two channels are (neg, pos) counts: `normalize`
+    standardises their non-zero entries (`normalize_nonzero`); other channels stay as they are."""
 
-    name: ClassVar[str] = "histogram"
     modality: ClassVar[str] = "events"
     splats_subpixel: ClassVar[bool] = False
+    width: ClassVar[int]
     normalize: bool = True
 
     def channels(self) -> int:
-        return 2
+        return self.width
 
     def __call__(self, events: EventsLike) -> torch.Tensor:
-        """(B, 2, H, W) float32 of one window or a batch of windows."""
-        x = histogram(events)
+        """(B, channels, H, W) float32 of one window or a batch of windows."""
+        x = self.encode(events)
         return self.standardize(x) if self.normalize else x
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalisation `normalize=True` applies, on un-normalised (B, 2, H, W) counts."""
-        return _standardize_counts(x)
+        """The normalisation `normalize=True` applies, on an un-normalised (B, channels, H, W)."""
+        return torch.cat([normalize_nonzero(x[:, :2]), x[:, 2:]], 1)
 
     def describe(self) -> str:
         return self.name
 
 
 @dataclass(frozen=True)
-class EvSegNet:
-    """`evsegnet_encoding`: Ev-SegNet's 6 channels (B, 6, H, W) float32; `normalize`
-    standardises the non-zero entries of its two count channels."""
+class Histogram(_Counts):
+    """`histogram`: (neg, pos) counts (B, 2, H, W) float32 (EvDistill's 2-channel student)."""
+
+    name: ClassVar[str] = "histogram"
+    width: ClassVar[int] = 2
+    encode = staticmethod(histogram)
+
+
+@dataclass(frozen=True)
+class EvSegNet(_Counts):
+    """`evsegnet_encoding`: Ev-SegNet's 6 channels (B, 6, H, W) float32, counts first."""
 
     name: ClassVar[str] = "evsegnet"
-    modality: ClassVar[str] = "events"
-    splats_subpixel: ClassVar[bool] = False
-    normalize: bool = True
-
-    def channels(self) -> int:
-        return 6
-
-    def __call__(self, events: EventsLike) -> torch.Tensor:
-        """(B, 6, H, W) float32 of one window or a batch of windows."""
-        x = evsegnet_encoding(events)
-        return self.standardize(x) if self.normalize else x
-
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalisation `normalize=True` applies, on an un-normalised (B, 6, H, W)."""
-        return _standardize_counts(x)
-
-    def describe(self) -> str:
-        return self.name
+    width: ClassVar[int] = 6
+    encode = staticmethod(evsegnet_encoding)
 
 
 @dataclass(frozen=True)
