@@ -7,12 +7,12 @@ import yaml
 
 from evtransfer.bench_suite import (
     check_provenance,
-    main,
     mean_table,
     run_transfer_suite,
     suite_markdown,
     world_table,
 )
+from evtransfer.cli import main
 from evtransfer.config import to_dict
 from evtransfer.data.transfer import TransferData
 from evtransfer.demo import demo_config
@@ -70,14 +70,14 @@ def test_suite_tables_per_world_and_mean(suite_run):
 
 
 def test_command_line_reruns_the_suite_from_its_stages(suite_run, capsys):
-    """`python -m evtransfer.bench_suite` into the same folder: every stage is reused (no
-    new stage folder), the tables are the same."""
+    """`evtransfer bench transfer --world LIST.yaml` into the same folder: every stage is
+    reused (no new stage folder), the tables are the same."""
     out, result = suite_run
     config = out.parent / "config.yaml"
     config.write_text(yaml.safe_dump(to_dict(demo_config(steps=2))))
     folders = sorted(p.name for p in out.rglob("*-*") if p.is_dir())
-    assert main(["--world", str(out.parent / "two.yaml"), "--methods", ",".join(METHODS),
-                 "--seeds", "2", "--out", str(out), "--config", str(config),
+    assert main(["bench", "transfer", "--world", str(out.parent / "two.yaml"), "--methods",
+                 ",".join(METHODS), "--seeds", "2", "--out", str(out), "--config", str(config),
                  "--worlds-dir", str(out.parent / "worlds")]) == 0
     assert sorted(p.name for p in out.rglob("*-*") if p.is_dir()) == folders
     assert json.loads((out / "results.json").read_text())["mean"] == result["mean"]

@@ -13,7 +13,6 @@ unpublished defaults; a report suite refuses to run such a method on those world
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import replace
@@ -22,12 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from evtransfer.bench import TransferBenchConfig, gap_closed, method_config, run_transfer
-from evtransfer.config import load_config, save_resolved
+from evtransfer.config import save_resolved
 from evtransfer.methods import DEPTH_METHODS, METHODS
-from evtransfer.world.domains import SUITE_SIZES
 from evtransfer.world.suites import Suite, build_suite, resolve_suite
-
-REPORT_METHODS = "source_only,recon_source,cmess,ess,evdistill,oracle"  # issue 22's table
 
 
 def defaults_provenance(cfg: TransferBenchConfig, methods: list[str]) -> dict[str, list[str]]:
@@ -150,40 +146,7 @@ def run_transfer_suite(spec: str, methods: list[str], seeds: list[int], out: str
               "mean": mean_table({w: v["table"] for w, v in worlds.items()}),
               "defaults_chosen_on": defaults_provenance(cfg, methods),
               "gap_closed": "(method - source_only) / (oracle - source_only), mIoU"}
-    save_resolved(shared, out)
+    save_resolved(cfg, out)  # the config as given: the CLI's run record compares with it
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "results.md").write_text(suite_markdown(result))
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m evtransfer.bench_suite --world suite:report --out DIR`: `run_transfer_suite`
-    from the command line; prints the tables."""
-    p = argparse.ArgumentParser(description="the transfer benchmark over a world suite")
-    p.add_argument("--world", required=True,
-                   help="suite:dev | suite:report (optionally :tiny) | a YAML list of worlds")
-    p.add_argument("--methods", default=REPORT_METHODS, help=f"default {REPORT_METHODS}")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
-    p.add_argument("--out", required=True, help="output folder (results.json, results.md)")
-    p.add_argument("--config", default=None, help="a TransferBenchConfig YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set cmess.confidence=0.8")
-    p.add_argument("--size", default="small", choices=SUITE_SIZES,
-                   help="size of the named worlds (default small)")
-    p.add_argument("--worlds-dir", default=None, help="where named worlds are built "
-                   "(default OUT/worlds; share it between suites)")
-    p.add_argument("--source-dir", default=None, help="the source-side stage cache (default "
-                   "OUT/source; share it between suites of one size)")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    cfg = load_config(TransferBenchConfig, args.config, args.set)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    result = run_transfer_suite(args.world, methods, list(range(args.seeds)), args.out, cfg,
-                                size=args.size, worlds_dir=args.worlds_dir,
-                                source_dir=args.source_dir, device=args.device)
-    print(suite_markdown(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

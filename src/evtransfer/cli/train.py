@@ -68,6 +68,10 @@ def _add_bench(sub) -> None:
     t.add_argument("--seeds", type=positive_int, default=3, metavar="N",
                    help="run seeds 0..N-1 (default 3; `train --seed S` runs seed S alone)")
     add_world_args(t)
+    t.add_argument("--worlds-dir", default=None, help="with a world suite: where its named "
+                   "worlds are built (default OUT/worlds; share it between suites)")
+    t.add_argument("--source-dir", default=None, help="with a world suite: the source-side "
+                   "stage cache (default OUT/source; share it between suites of one size)")
     add_budget_args(t)
     t.set_defaults(run=_run_bench_transfer, config_of=_bench_config)
 
@@ -122,6 +126,7 @@ def _run_bench_transfer(args) -> int:
             raise ValueError("world suites run the segmentation table; give one world for "
                              "--task depth")
         result = run_transfer_suite(args.world, methods, list(range(args.seeds)), args.out, cfg,
+                                    worlds_dir=args.worlds_dir, source_dir=args.source_dir,
                                     device=args.device)
         print(suite_markdown(result))
         return 0
