@@ -21,6 +21,7 @@ import torch
 
 from evtransfer.bench import TransferBenchConfig, run_method
 from evtransfer.config import load_config
+from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.transfer import load_transfer_data
 from evtransfer.engine.fit import FitConfig
 from evtransfer.metrics import evaluate_segmentation
@@ -57,7 +58,8 @@ def main() -> None:
                              torch.device(args.device), progress=False)
             data = load_transfer_data(args.world, cfg.data, progress=False)
             pred = run.result.predict(data.test_x).argmax(1)
-            nan = evaluate_segmentation(pred, data.test_label, data.num_classes, "nanmean")
+            labels = data.test_label.read(EVALUATION)
+            nan = evaluate_segmentation(pred, labels, data.num_classes, "nanmean")
             rows.append({"method": name, "variant": variant, "seed": seed,
                          "miou_ess": run.scores["miou"], "miou_nanmean": nan["miou"],
                          "acc": run.scores["acc"], "params": run.params,

@@ -161,3 +161,40 @@ def test_target_path_labeling_fuses_masks_and_keeps_each_classes_top_fraction(
     assert label.flatten().tolist() == expected
     torch.testing.assert_close(conf.flatten().float(), torch.tensor(CLASS0 + CLASS1 + [0.6905]),
                                rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("share, kept", [
+    (3.9 / 13, [0, 1, 2, 12]),  # the 4 most confident of 13: 0.9505, 0.9005, 0.8005, 0.6905
+    (6.9 / 13, [0, 1, 2, 3, 8, 9, 12]),  # then 0.6505 (8) and 0.6005 twice (3, 9)
+])
+def test_share_rule_keeps_the_targets_most_confident_share_whatever_the_scale(share, kept,
+                                                                              tmp_path):
+    from types import SimpleNamespace
+
+    from evtransfer.methods.cmess import target_path_labeling
+
+    x, m_s, m_t, recon = _tpl_inputs()
+    cfg = CmessConfig(fuse_lambda=0.2, confidence_rule="share", keep_share=share,
+                      class_fraction=0.0)
+    data = SimpleNamespace(target_x=x, num_classes=3)
+    label, _ = target_path_labeling(m_s, m_t, recon, data, cfg, tmp_path / "a.safetensors",
+                                    "cpu")
+    assert [i for i, v in enumerate(label.flatten().tolist()) if v != 255] == kept
+    # P_T at temperature 3 (every confidence lower, their order kept): a fixed threshold keeps
+    # fewer pixels, the share rule follows the scores' own distribution and keeps the same
+    dull = SimpleNamespace(target_x=torch.cat([x[:, :1], x[:, 1:] / 3], 1), num_classes=3)
+    only_t = replace(cfg, fuse_lambda=0.0)
+    a, _ = target_path_labeling(m_s, m_t, recon, data, only_t, tmp_path / "b.safetensors", "cpu")
+    b, c = target_path_labeling(m_s, m_t, recon, dull, only_t, tmp_path / "c.safetensors", "cpu")
+    assert float(c.max()) < 0.7
+    assert torch.equal(a, b)
+
+
+def test_unknown_confidence_rule_and_share_out_of_range_are_refused():
+    from evtransfer.methods.cmess import confidence_floor
+
+    conf = torch.rand(100)
+    with pytest.raises(ValueError, match="confidence_rule 'adaptive'.*fixed, share"):
+        confidence_floor(conf, CmessConfig(confidence_rule="adaptive"))
+    with pytest.raises(ValueError, match="keep_share"):
+        confidence_floor(conf, CmessConfig(confidence_rule="share", keep_share=0.0))

@@ -6,7 +6,9 @@ labels ride along (the evaluation step and the target-supervised rows need them)
 torch operations) raises `LabelAccessError`, naming what was read and which readers may read
 it. A reader that is allowed says so explicitly, `labels.read(EVALUATION)`, so a grep finds
 every place that unwraps labels; the benchmark does it for scoring and for the target-supervised
-rows (`TARGET_SUPERVISED`: oracle, ess_supervised, ECDDP's fine-tuning), never a method.
+rows (`TARGET_SUPERVISED`: oracle, ess_supervised, ECDDP's fine-tuning), and a diagnosis
+scores pseudo-labels against the target train labels of a dev world (`DIAGNOSIS`); never a
+method.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 EVALUATION = "evaluation"  # scoring a trained method (benchmark, MethodResult scoring)
 TARGET_SUPERVISED = "target-supervised"  # rows that train on target labels by design
+DIAGNOSIS = "diagnosis"  # scoring pseudo-labels on a dev world (benchmarks/cmess_tpl.py)
 
 
 class LabelAccessError(PermissionError):

@@ -35,7 +35,13 @@ from tqdm import tqdm
 from evtransfer.data.cityscapes import CityscapesConfig, CityscapesSegmentation
 from evtransfer.data.ddd17 import Ddd17Config, Ddd17Segmentation
 from evtransfer.data.dsec_semantic import DsecSemantic, DsecSemanticConfig
-from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED, Withheld, withhold
+from evtransfer.data.firewall import (
+    DIAGNOSIS,
+    EVALUATION,
+    TARGET_SUPERVISED,
+    Withheld,
+    withhold,
+)
 from evtransfer.data.synthetic import SyntheticConfig, motion_chunks, synthesize
 from evtransfer.data.world import WorldSource, WorldTarget, WorldTargetConfig
 from evtransfer.represent import Representation, representation_names, representation_of
@@ -80,7 +86,7 @@ class TransferData:
     """Tensors (see the module docstring); all on the CPU. `test_label` (N, H, W) and
     `target_label` (K, H, W) are withheld (`data.firewall`): a tensor given for them is
     wrapped, `test_label` readable by `EVALUATION`, `target_label` by `TARGET_SUPERVISED`
-    (None: the scenario has no target train labels)."""
+    and `DIAGNOSIS` (None: the scenario has no target train labels)."""
 
     num_classes: int
     source_rgb: torch.Tensor
@@ -99,7 +105,8 @@ class TransferData:
                                    "(TransferData.test_label)", (EVALUATION,))
         if self.target_label is not None:
             self.target_label = withhold(self.target_label, "target train labels "
-                                         "(TransferData.target_label)", (TARGET_SUPERVISED,))
+                                         "(TransferData.target_label)",
+                                         (TARGET_SUPERVISED, DIAGNOSIS))
 
 
 def _key(root: Path, cfg: TransferDataConfig) -> str:

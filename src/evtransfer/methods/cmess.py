@@ -54,7 +54,12 @@ class CmessConfig:
 
     stages: StageConfig = field(default_factory=StageConfig)  # M_S, M_T' and E2VID
     fuse_lambda: float = 0.2  # unpublished: our choice (λ in P* = λ P_S + (1-λ) P_T)
-    confidence: float = 0.7  # unpublished: our choice (pixels with max P* below: ignored)
+    # unpublished: our choice. Which pixels keep a pseudo-label: "fixed" keeps max P* >=
+    # `confidence`; "share" keeps the most confident `keep_share` of the target's pixels (a
+    # threshold from the target's own score distribution)
+    confidence_rule: str = "fixed"
+    confidence: float = 0.7  # unpublished: our choice (rule "fixed")
+    keep_share: float = 0.5  # unpublished: our choice (rule "share")
     # unpublished: our choice (measured: +1.3 to +1.5 mIoU on each of 3 seeds of the small
     # world, docs/methods/cmess.md). Class-balanced selection (CBST, Zou et al., ECCV 2018):
     # a pixel predicted as class c is also kept when it is among the most confident
@@ -96,6 +101,22 @@ def class_thresholds(label: torch.Tensor, conf: torch.Tensor, num_classes: int,
     return torch.where(k >= 0, k.float() / bins, torch.ones(num_classes))
 
 
+def confidence_floor(conf: torch.Tensor, cfg: CmessConfig) -> float:
+    """The confidence at or above which a pixel keeps its pseudo-label, from the max P* of all
+    target pixels `conf` (any shape): `cfg.confidence`, or the threshold of the most confident
+    `cfg.keep_share` of them (1000-bin histogram)."""
+    if cfg.confidence_rule == "fixed":
+        return cfg.confidence
+    if cfg.confidence_rule == "share":
+        if not 0 < cfg.keep_share <= 1:
+            raise ValueError(f"cmess.keep_share must be in (0, 1], got {cfg.keep_share}")
+        flat = conf.flatten()
+        return float(class_thresholds(torch.zeros_like(flat, dtype=torch.long), flat, 1,
+                                      cfg.keep_share)[0])
+    raise ValueError(f"unknown cmess.confidence_rule {cfg.confidence_rule!r}; choose from "
+                     f"fixed, share")
+
+
 def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data: TransferData,
                          cfg: CmessConfig, out: Path, device,
                          chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,14 +127,17 @@ def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data:
         saved = load_file(out)
         return saved["label"], saved["confidence"]
     labels, confs, keeps = [], [], []
+    fixed = cfg.confidence_rule == "fixed"
     for i in range(0, len(data.target_x), chunk):
         x = data.target_x[i:i + chunk]
         p_s = recon_then_segment(recon, m_s, x, cfg.stages, device)
         label, conf = fuse(p_s, segment(m_t, x, device=device), cfg.fuse_lambda, 0.0)
         labels.append(label.to(torch.uint8))
         confs.append(conf.half())
-        keeps.append(conf >= cfg.confidence)
-    label, conf, keep = torch.cat(labels), torch.cat(confs), torch.cat(keeps)
+        if fixed:  # on the float confidences
+            keeps.append(conf >= cfg.confidence)
+    label, conf = torch.cat(labels), torch.cat(confs)
+    keep = torch.cat(keeps) if fixed else conf >= confidence_floor(conf, cfg)
     if cfg.class_fraction > 0:
         floor = class_thresholds(label, conf, data.num_classes, cfg.class_fraction)
         keep |= conf >= floor.to(conf.dtype)[label.long()]
@@ -183,8 +207,10 @@ def train_cmess(data: TransferData, cfg: CmessConfig, root: str | Path, *, seed:
     m_s, t_s = train_source_model(data, cfg.stages, root, seed, device, progress)
     m_t, t_t = train_synthetic_model(m_s, data, cfg.stages, root, seed, device, progress)
     recon, t_r = train_reconstruction(data, cfg.stages, root, seed, device, progress)
+    rule = (() if cfg.confidence_rule == "fixed"  # the key of runs before the field existed
+            else (cfg.confidence_rule, cfg.keep_share))
     tpl = stage_dir(root, "TPL", cfg.stages, cfg.fuse_lambda, cfg.confidence, cfg.class_fraction,
-                    seed)
+                    *rule, seed)
     pseudo, _ = target_path_labeling(m_s, m_t, recon, data, cfg, tpl / "pseudo.safetensors",
                                      device)
     cml_dir = stage_dir(root, "CML", cfg, seed)
