@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--source-dir", default="", help="the suite's shared source stages")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE config overrides")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
     name = world_name(Path(args.world))
     if name not in SUITES["dev"]:
@@ -86,7 +87,8 @@ def main() -> None:
     cfg = load_config(TransferBenchConfig, None, args.set)
     stages = replace(cfg.stages, source_cache=args.source_dir)
     data = load_transfer_data(args.world, cfg.data, progress=False)
-    root, dev, k = Path(args.work) / f"seed_{args.seed}", torch.device("cpu"), data.num_classes
+    root, dev = Path(args.work) / f"seed_{args.seed}", torch.device(args.device)
+    k = data.num_classes
     m_s, _ = train_source_model(data, stages, root, args.seed, dev, False)
     m_t, _ = train_synthetic_model(m_s, data, stages, root, args.seed, dev, False)
     recon, _ = train_reconstruction(data, stages, root, args.seed, dev, False)

@@ -28,7 +28,7 @@ def steps(tmp: Path) -> list[tuple[str, list[str], float]]:
     world = tmp / "world"
     return [
         ("cuda tests", [py, "-m", "pytest", "-q", "-x", "-k", "cuda", "-p", "no:cacheprovider",
-                        str(ROOT / "tests")], 150),
+                        str(ROOT / "tests")], 130),
         ("represent", [py, bench / "represent.py", "--device", "cuda", "--events", "2000000",
                        "--repeats", "3"], 50),
         ("simulate", [py, bench / "simulate.py", "--device", "cuda", "--rounds", "1"], 50),
@@ -41,6 +41,10 @@ def steps(tmp: Path) -> list[tuple[str, list[str], float]]:
         ("evdistill_world", [py, bench / "evdistill_world.py", "--world", str(world), "--work",
                              str(tmp / "work"), "--stage-steps", "20", "--joint-steps", "20",
                              "--device", "cuda"], 60),
+        ("cmess_tpl", [py, bench / "cmess_tpl.py", "--world", str(world), "--work",
+                       str(tmp / "tpl"), "--device", "cuda", "--set", "stages.source.steps=20",
+                       "--set", "stages.synthetic.steps=20", "--set", "stages.recon.steps=20"],
+         20),
     ]
 
 
