@@ -115,7 +115,7 @@ def test_world_table_without_an_oracle_has_no_gap():
 
 def test_report_suite_refuses_a_world_that_chose_a_default():
     cfg = demo_config(steps=2)
-    assert cfg.cmess.defaults_chosen_on == ["small"]  # docs/methods/cmess.md
+    assert cfg.cmess.defaults_chosen_on == ["small", "dev-rain"]  # docs/methods/cmess.md
     assert cfg.evdistill.defaults_chosen_on == ["small"]  # docs/methods/evdistill.md
     report = resolve_suite("suite:report:tiny")
     check_provenance(report, ["source_only", "cmess", "evdistill"], cfg)  # none chose there
