@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from evtransfer.data.firewall import EVALUATION, TARGET_SUPERVISED, LabelAccessError
+from evtransfer.data.firewall import DIAGNOSIS, EVALUATION, TARGET_SUPERVISED, LabelAccessError
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data, target_train_labels
 from evtransfer.data.world import WorldTarget, WorldTargetConfig
 
@@ -44,6 +44,9 @@ def test_the_label_firewall_refuses_every_read_but_the_named_readers(tiny_world,
         data.target_label.read(EVALUATION)
     with pytest.raises(LabelAccessError, match="evaluation"):
         data.test_label.read(TARGET_SUPERVISED)
+    with pytest.raises(LabelAccessError, match="evaluation"):  # a diagnosis reads train labels
+        data.test_label.read(DIAGNOSIS)
+    assert torch.equal(data.target_label.read(DIAGNOSIS), data.target_label.read(TARGET_SUPERVISED))
     copied = pickle.loads(pickle.dumps(copy.deepcopy(data)))  # copies stay withheld
     with pytest.raises(LabelAccessError, match="target test labels"):
         copied.test_label[0]
