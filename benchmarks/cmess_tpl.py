@@ -48,12 +48,13 @@ def ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
 
 
 def keep_mask(label: torch.Tensor, conf: torch.Tensor, k: int, rule: str, value: float,
-              fraction: float) -> torch.Tensor:
-    """Pixels kept: max P* at or above `value` ("fixed") or among the most confident `value`
-    share of all pixels ("share"), or (class_fraction > 0) in their class's top fraction."""
+              fraction: float, agree: torch.Tensor) -> torch.Tensor:
+    """Pixels kept: max P* at or above `value` ("fixed"; "agree": where both paths' argmax
+    also agree) or among the most confident `value` share of all pixels ("share"), or
+    (class_fraction > 0) in their class's top fraction."""
     if rule == "share":
         value = float(class_thresholds(torch.zeros_like(label), conf, 1, value)[0])
-    keep = conf >= value
+    keep = (conf >= value) & (agree if rule == "agree" else True)
     if fraction > 0:
         keep |= conf >= class_thresholds(label, conf, k, fraction)[label]
     return keep
@@ -110,8 +111,10 @@ def main() -> None:
         report["calibration"][f"fused λ={lam}"] = ece(conf, label == truth)
         rules = [("fixed", c, f) for c in (0.0, 0.5, 0.7, 0.9) for f in (0.0, 0.5)]
         rules += [("share", q, f) for q in (0.3, 0.5, 0.7) for f in (0.0, 0.5)]
+        rules += [("agree", c, 0.0) for c in (0.0, 0.7)]
+        agree = p_s.argmax(1) == p_t.argmax(1)
         for kind, value, fraction in rules:
-            keep = keep_mask(label, conf, k, kind, value, fraction)
+            keep = keep_mask(label, conf, k, kind, value, fraction, agree)
             row = {"lambda": lam, "rule": kind, "value": value, "class_fraction": fraction}
             report["rules"].append(row | score(label, keep, truth, k))
     for r in report["rules"]:
