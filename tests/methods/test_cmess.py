@@ -191,10 +191,10 @@ def test_share_rule_keeps_the_targets_most_confident_share_whatever_the_scale(sh
 
 
 def test_unknown_confidence_rule_and_share_out_of_range_are_refused():
-    from evtransfer.methods.cmess import confidence_floor
+    from evtransfer.bench import TransferBenchConfig
+    from evtransfer.config import load_config
 
-    conf = torch.rand(100)
     with pytest.raises(ValueError, match="confidence_rule 'adaptive'.*fixed, share"):
-        confidence_floor(conf, CmessConfig(confidence_rule="adaptive"))
+        CmessConfig(confidence_rule="adaptive")
     with pytest.raises(ValueError, match="keep_share"):
-        confidence_floor(conf, CmessConfig(confidence_rule="share", keep_share=0.0))
+        load_config(TransferBenchConfig, None, ["cmess.keep_share=0"])

@@ -78,6 +78,13 @@ class CmessConfig:
     # to report on these worlds
     defaults_chosen_on: list[str] = field(default_factory=lambda: ["small", "dev-rain"])
 
+    def __post_init__(self):
+        if self.confidence_rule not in ("fixed", "share"):
+            raise ValueError(f"unknown cmess.confidence_rule {self.confidence_rule!r}; choose "
+                             f"from fixed, share")
+        if not 0 < self.keep_share <= 1:
+            raise ValueError(f"cmess.keep_share must be in (0, 1], got {self.keep_share}")
+
 
 # --- stage 2: TPL ---------------------------------------------------------------------------
 def fuse(p_s: torch.Tensor, p_t: torch.Tensor, lam: float,
@@ -108,14 +115,9 @@ def confidence_floor(conf: torch.Tensor, cfg: CmessConfig) -> float:
     `cfg.keep_share` of them (1000-bin histogram)."""
     if cfg.confidence_rule == "fixed":
         return cfg.confidence
-    if cfg.confidence_rule == "share":
-        if not 0 < cfg.keep_share <= 1:
-            raise ValueError(f"cmess.keep_share must be in (0, 1], got {cfg.keep_share}")
-        flat = conf.flatten()
-        return float(class_thresholds(torch.zeros_like(flat, dtype=torch.long), flat, 1,
-                                      cfg.keep_share)[0])
-    raise ValueError(f"unknown cmess.confidence_rule {cfg.confidence_rule!r}; choose from "
-                     f"fixed, share")
+    flat = conf.flatten()
+    return float(class_thresholds(torch.zeros_like(flat, dtype=torch.long), flat, 1,
+                                  cfg.keep_share)[0])
 
 
 def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data: TransferData,
