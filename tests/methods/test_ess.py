@@ -324,3 +324,16 @@ def test_every_ess_yaml_loads():
         assert not cfg.data.events.normalize
     ddd17 = load_config(TransferBenchConfig, CONFIGS / "ddd17.yaml").ess
     assert (ddd17.lr_front, ddd17.uda.lr) == (1e-5, 1e-4) and not ddd17.detach_task_latent
+
+
+def test_the_image_domain_stage_is_shared_by_every_target_world(tiny_data, tmp_path):
+    data, _ = tiny_data
+    cfg = _tiny_cfg()
+    shared = replace(cfg, stages=replace(cfg.stages, source_cache=str(tmp_path / "source")))
+    one = train_ess(data, shared, tmp_path / "world_a", progress=False)
+    two = train_ess(data, shared, tmp_path / "world_b", progress=False)
+    assert two.minutes["ESS_init"] == one.minutes["ESS_init"]  # trained once, then reused
+    assert len(list((tmp_path / "source").glob("ESS_init-*"))) == 1
+    assert not list(tmp_path.glob("world_*/ESS_init-*"))
+    assert len(list(tmp_path.glob("world_*/ESS-*"))) == 2  # the UDA stage sees the target
+

@@ -47,7 +47,13 @@ from evtransfer.engine.fit import FitConfig, fit, stage_dir
 from evtransfer.engine.loop import TrainState
 from evtransfer.engine.predict import segment
 from evtransfer.losses import segmentation_loss
-from evtransfer.methods._stages import StageConfig, recon_key, source_input, train_reconstruction
+from evtransfer.methods._stages import (
+    StageConfig,
+    recon_key,
+    source_input,
+    source_stage_dir,
+    train_reconstruction,
+)
 from evtransfer.methods.result import MethodResult
 from evtransfer.models import create_model, load_pretrained
 from evtransfer.models.recurrent import INPUT_NORMS, normalize_windows
@@ -321,8 +327,10 @@ def train_ess(data: TransferData, cfg: EssConfig, root: str | Path, *, seed: int
     events, minutes = event_encoder(data, cfg, root, seed, device, progress)
     image_encoder, decoder = image_networks(data, cfg, seed, device)
     if cfg.init.steps:
-        init = stage_dir(root, "ESS_init", cfg.stages.recon_base_channels, cfg.decoder_res_blocks,
-                         cfg.image_encoder_weights, cfg.init, data.num_classes, seed)
+        # the source images alone: shared by every target world (`stages.source_cache`)
+        init = source_stage_dir(root, "ESS_init", data, cfg.stages,
+                                cfg.stages.recon_base_channels, cfg.decoder_res_blocks,
+                                cfg.image_encoder_weights, cfg.init, data.num_classes, seed)
         minutes["ESS_init"] = image_domain_init(image_encoder, decoder, data, cfg, init, seed,
                                                 device, progress)
     own = {k: v for k, v in asdict(cfg).items() if k != "stages"}
