@@ -33,7 +33,7 @@ from evtransfer.methods._stages import (
     train_source_model,
     train_synthetic_model,
 )
-from evtransfer.methods.cmess import class_thresholds
+from evtransfer.methods.cmess import CmessConfig, class_thresholds, confidence_floor
 from evtransfer.metrics import ConfusionMatrix
 from evtransfer.world.suites import SUITES, world_name
 
@@ -53,7 +53,7 @@ def keep_mask(label: torch.Tensor, conf: torch.Tensor, k: int, rule: str, value:
     also agree) or among the most confident `value` share of all pixels ("share"), or
     (class_fraction > 0) in their class's top fraction."""
     if rule == "share":
-        value = float(class_thresholds(torch.zeros_like(label), conf, 1, value)[0])
+        value = confidence_floor(conf, CmessConfig(confidence_rule="share", keep_share=value))
     keep = (conf >= value) & (agree if rule == "agree" else True)
     if fraction > 0:
         keep |= conf >= class_thresholds(label, conf, k, fraction)[label]
