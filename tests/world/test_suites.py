@@ -61,9 +61,9 @@ def test_presets_keep_their_world_yaml(name):
 
 
 def test_unset_target_seed_builds_the_target_from_seed(tiny_world, tmp_path):
-    # a content digest pinned across machines broke on another machine's floating point
-    # (the world's pixels and events are float-derived), so the invariant is checked here:
-    # with target_seed unset every file is what target_seed = seed builds
+    # a content digest pinned in one session failed in the next one's fresh environment (the
+    # world's pixels and events are float-derived), so the invariant it stood for is checked
+    # within one environment: with target_seed unset every file is what target_seed = seed builds
     cfg = preset("tiny")
     explicit = build_world(replace(cfg, target_seed=cfg.seed), tmp_path / "w", progress=False)
     for sub in ("source", "target"):
