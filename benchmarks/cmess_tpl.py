@@ -33,7 +33,7 @@ from evtransfer.methods._stages import (
     train_source_model,
     train_synthetic_model,
 )
-from evtransfer.methods.cmess import CmessConfig, class_thresholds, confidence_floor
+from evtransfer.methods.cmess import CmessConfig, confidence_floor, keep_pseudo_labels
 from evtransfer.metrics import ConfusionMatrix
 from evtransfer.world.suites import SUITES, world_name
 
@@ -49,15 +49,14 @@ def ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = 15) -> float:
 
 def keep_mask(label: torch.Tensor, conf: torch.Tensor, k: int, rule: str, value: float,
               fraction: float, agree: torch.Tensor) -> torch.Tensor:
-    """Pixels kept: max P* at or above `value` ("fixed"; "agree": where both paths' argmax
-    also agree) or among the most confident `value` share of all pixels ("share"), or
-    (class_fraction > 0) in their class's top fraction."""
-    if rule == "share":
-        value = confidence_floor(conf, CmessConfig(confidence_rule="share", keep_share=value))
-    keep = (conf >= value) & (agree if rule == "agree" else True)
-    if fraction > 0:
-        keep |= conf >= class_thresholds(label, conf, k, fraction)[label]
-    return keep
+    """Pixels kept by CMESS's rule `rule` ("fixed" / "share" at `value`, class_fraction
+    `fraction`); "agree": the fixed rule where both paths' argmax also agree."""
+    share = rule == "share"
+    cfg = CmessConfig(confidence_rule="share" if share else "fixed",
+                      confidence=0.7 if share else value, keep_share=value if share else 0.5,
+                      class_fraction=fraction)
+    keep = conf >= confidence_floor(conf, cfg)
+    return keep_pseudo_labels(label, conf, k, cfg, keep & agree if rule == "agree" else keep)
 
 
 def score(label: torch.Tensor, keep: torch.Tensor, truth: torch.Tensor, k: int) -> dict:

@@ -120,6 +120,19 @@ def confidence_floor(conf: torch.Tensor, cfg: CmessConfig) -> float:
                                   cfg.keep_share)[0])
 
 
+def keep_pseudo_labels(label: torch.Tensor, conf: torch.Tensor, num_classes: int,
+                       cfg: CmessConfig, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Which pixels keep their pseudo-label (bool, like `label`): `keep` (default: confidence
+    at or above `confidence_floor`), or, with `cfg.class_fraction`, among the most confident
+    fraction of their predicted class (CBST)."""
+    if keep is None:
+        keep = conf >= confidence_floor(conf, cfg)
+    if cfg.class_fraction > 0:
+        floor = class_thresholds(label, conf, num_classes, cfg.class_fraction)
+        keep = keep | (conf >= floor.to(conf.dtype)[label.long()])
+    return keep
+
+
 def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data: TransferData,
                          cfg: CmessConfig, out: Path, device,
                          chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +153,8 @@ def target_path_labeling(m_s: nn.Module, m_t: nn.Module, recon: nn.Module, data:
         if fixed:  # on the float confidences
             keeps.append(conf >= cfg.confidence)
     label, conf = torch.cat(labels), torch.cat(confs)
-    keep = torch.cat(keeps) if fixed else conf >= confidence_floor(conf, cfg)
-    if cfg.class_fraction > 0:
-        floor = class_thresholds(label, conf, data.num_classes, cfg.class_fraction)
-        keep |= conf >= floor.to(conf.dtype)[label.long()]
+    keep = keep_pseudo_labels(label, conf, data.num_classes, cfg,
+                              torch.cat(keeps) if fixed else None)
     label = torch.where(keep, label, torch.full_like(label, 255))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
