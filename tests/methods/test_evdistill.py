@@ -13,6 +13,7 @@ from torch import nn
 
 from evtransfer.config import load_config
 from evtransfer.data.crops import CropConfig, load_recognition_data
+from evtransfer.data.firewall import EVALUATION, LabelAccessError
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data
 from evtransfer.engine.fit import FitConfig
 from evtransfer.losses import kd_loss
@@ -267,6 +268,11 @@ def test_train_evdistill_without_bmr_and_a_mismatched_init(tiny_data, tmp_path):
 def test_recognition_on_tiny_world_crops(tiny_world, tmp_path):
     crops = CropConfig(size=16, stride=8, max_per_class=12)
     data = load_recognition_data(tiny_world, TransferDataConfig(), crops, progress=False)
+    with pytest.raises(LabelAccessError, match="RecognitionData.test_y"):
+        len(data.test_y)  # the test classes ride along withheld, as segmentation's labels
+    test_y = data.test_y.read(EVALUATION)
+    assert test_y.shape == (len(data.test_x),) and 0 <= int(test_y.min())
+    assert int(test_y.max()) < data.num_classes
     fit = FitConfig(steps=2, batch=4, warmup_steps=1, ckpt_every=0, log_every=1)
     cfg = RecognitionConfig(teacher=fit, source_only=fit, joint=fit, translator_channels=4)
     for train in (train_evdistill_recognition, train_source_only_recognizer):

@@ -8,7 +8,8 @@ methods (as their segmentation labels do) and only the test crops carry labels. 
 
 - source: crops of the labeled RGB frames (the teacher's images) with their classes;
 - synthetic: crops of the simulated windows, of their grayscale frames and their classes;
-- target train: crops of real target windows (class withheld); test: with classes.
+- target train: crops of real target windows (class withheld); test: with classes, withheld
+  from the methods like the segmentation test labels (`test_y.read(EVALUATION)`).
 
 Each class keeps at most `max_per_class` crops per split, drawn with a seeded generator.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evtransfer.data.firewall import EVALUATION
+from evtransfer.data.firewall import EVALUATION, Withheld, withhold
 from evtransfer.data.transfer import TransferDataConfig, load_transfer_data, target_train_labels
 
 DSEC11_NAMES = ("background", "building", "fence", "person", "pole", "road", "sidewalk",
@@ -42,7 +43,8 @@ class CropConfig:
 
 @dataclass
 class RecognitionData:
-    """Crops (N, C, size, size) float32 and classes (N,) int64 in 0..len(classes)-1."""
+    """Crops (N, C, size, size) float32 and classes (N,) int64 in 0..len(classes)-1. `test_y`
+    is withheld (a tensor given is wrapped): `test_y.read(EVALUATION)`."""
 
     class_names: tuple[str, ...]
     source_rgb: torch.Tensor
@@ -52,7 +54,11 @@ class RecognitionData:
     synth_y: torch.Tensor
     target_x: torch.Tensor
     test_x: torch.Tensor
-    test_y: torch.Tensor
+    test_y: Withheld
+
+    def __post_init__(self) -> None:
+        self.test_y = withhold(self.test_y, "target test crop classes (RecognitionData.test_y)",
+                               (EVALUATION,))
 
     @property
     def num_classes(self) -> int:

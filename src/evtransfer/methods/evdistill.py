@@ -64,6 +64,7 @@ from evtransfer.data.caltech import (
 )
 from evtransfer.data.crops import CropConfig, RecognitionData, load_recognition_data
 from evtransfer.data.event_aps import EventApsConfig, EventApsTrain, load_event_aps
+from evtransfer.data.firewall import EVALUATION
 from evtransfer.data.transfer import TransferData, TransferDataConfig
 from evtransfer.engine.fit import FitConfig, fit, stage_dir
 from evtransfer.engine.loop import TrainState
@@ -575,7 +576,7 @@ def recognition_data(cfg: RecognitionRun, progress: bool = True
         if not cfg.world:
             raise ValueError("world is empty: give a built world folder")
         data = load_recognition_data(cfg.world, cfg.data, cfg.crops, progress=progress)
-        return data, data.test_x, data.test_y
+        return data, data.test_x, data.test_y.read(EVALUATION)
     if cfg.dataset == "ncaltech101":
         train, test = load_caltech_recognition(cfg.ncaltech)
         return train, test.x, test.y
