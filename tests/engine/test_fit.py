@@ -2,6 +2,10 @@
 folders keyed by their config (`stage_dir`)."""
 
 import json
+import multiprocessing
+import os
+import sys
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -49,6 +53,41 @@ def test_fit_learns_then_a_finished_run_is_reused(tmp_path):
     reused = fit({"model": again}, TensorDict(x=x, y=y), None, cfg, run_dir=tmp_path / "run",
                  seed=0, device=torch.device("cpu"), progress=False)
     assert reused == minutes and torch.equal(again.weight, model.weight)
+
+
+def _fit_logging_pids(run_dir, log):
+    """Child process: a short fit whose steps append this process's id to `log`."""
+    model = torch.nn.Linear(4, 1)
+
+    def step(batch, state):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.02)  # long enough for the other process to arrive mid-run
+        return {"loss": state.modules["model"](batch["x"]).pow(2).mean()}
+
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    fit({"model": model}, TensorDict(x=x), step, FitConfig(steps=15, batch=4, ckpt_every=5),
+        run_dir=run_dir, seed=0, device=torch.device("cpu"), progress=False)
+    torch.save(model.state_dict(), f"{log}.{os.getpid()}.pt")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory file locks: fcntl")
+def test_two_processes_on_one_stage_folder_train_it_once(tmp_path):
+    """Two suites sharing a source stage cache: the second process waits for the first's run
+    and reuses it, instead of interleaving steps and checkpoints in one folder."""
+    ctx = multiprocessing.get_context("fork")
+    log = tmp_path / "steps.log"
+    procs = [ctx.Process(target=_fit_logging_pids, args=(tmp_path / "run", log))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    pids = log.read_text().split()
+    assert len(pids) == 15 and len(set(pids)) == 1  # one process trained every step
+    weights = [torch.load(f"{log}.{p.pid}.pt", weights_only=True) for p in procs]
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)  # the other reused it
 
 
 def test_fit_is_repeatable_whatever_ran_before(tmp_path):

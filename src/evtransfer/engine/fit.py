@@ -1,7 +1,9 @@
 """Supervised training runs and their caching: `fit` trains modules over a dataset on top of
 `train` (so it checkpoints and resumes), and a stage's run folder is keyed by its config
 (`stage_dir`), its data (`fingerprint`) and its initialisation (`init_key`), so a finished
-stage is reused instead of retrained. Nothing here knows a paper.
+stage is reused instead of retrained. Processes that share a stage folder (two suites on one
+`--source-dir`) train it once: the first holds the folder's lock, the others wait for it and
+reuse the result. Nothing here knows a paper.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import math
 import resource
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 
@@ -19,11 +22,16 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from evtransfer.engine.distributed import is_main
+from evtransfer.engine.distributed import get_dist_info, is_main
 from evtransfer.engine.loader import make_loader
 from evtransfer.engine.loop import LoopConfig, TrainState, train
 from evtransfer.engine.schedules import cosine_schedule
 from evtransfer.engine.seed import derive_seed, seed_everything
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks (Windows): runs in parallel must not share stage folders
+    fcntl = None
 
 _NOT_IDENTITY = ("log_every", "ckpt_every", "source_cache", "defaults_chosen_on")
 
@@ -65,17 +73,46 @@ def fit(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitCon
     AdamW with `cfg.lr` and `cfg.weight_decay`); the schedule sets each group's rate to the
     scheduled `lr` times the group's `lr_scale`. The global RNGs (dropout, drop-path) are
     seeded from `seed`, so a run does not depend on what ran before it in the process.
-    Returns the training minutes, killed attempts included."""
+    Returns the training minutes, killed attempts included. Another process training the
+    same `run_dir` is waited for, then its run is reused."""
     run_dir = Path(run_dir)
     if cfg.steps < 1:
         raise ValueError(f"{run_dir}: a training run needs steps >= 1, got {cfg.steps}")
     done = run_dir / "done.json"
-    if done.exists():
-        from evtransfer.engine.checkpoint import load_module_weights
+    if not done.exists():
+        with stage_lock(run_dir):
+            if not done.exists():
+                return _train_run(modules, dataset, step, cfg, run_dir, seed, device, progress,
+                                  param_groups, optimizer)
+    from evtransfer.engine.checkpoint import load_module_weights
 
-        for name, module in modules.items():
-            load_module_weights(run_dir / "checkpoints" / "last", name, module)
-        return float(json.loads(done.read_text())["minutes"])
+    for name, module in modules.items():
+        load_module_weights(run_dir / "checkpoints" / "last", name, module)
+    return float(json.loads(done.read_text())["minutes"])
+
+
+@contextmanager
+def stage_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` exclusively (blocking until another process releases it; the OS
+    releases it when its holder dies, so a killed run leaves no stale lock). A no-op in a
+    distributed run, whose ranks train the folder together, and without `fcntl`."""
+    if fcntl is None or get_dist_info().distributed:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_run(modules: dict[str, nn.Module], dataset: Dataset, step: Step, cfg: FitConfig,
+               run_dir: Path, seed: int, device, progress: bool, param_groups: list[dict] | None,
+               optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None) -> float:
+    """`fit`'s training, new or resumed, in a folder without `done.json`."""
+    done = run_dir / "done.json"
     seed_everything(derive_seed(seed, 1))
     params = param_groups or [{"params": [p for m in modules.values() for p in m.parameters()
                                           if p.requires_grad]}]
