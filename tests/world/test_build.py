@@ -62,7 +62,11 @@ def test_build_resumes_and_is_deterministic(tiny_world, tmp_path):
     copy = tmp_path / "world"
     shutil.copytree(tiny_world, copy)
     shutil.rmtree(copy / "target" / "seq_001")
+    before = (copy / "world.yaml").stat().st_mtime_ns
     build_world(preset("tiny"), copy, progress=False)
+    # reuse never rewrites world.yaml: another process may be reading it (a truncated file
+    # read mid-write made parallel suites fail with "another config")
+    assert (copy / "world.yaml").stat().st_mtime_ns == before
     a = DsecEventsReader(tiny_world / "target/seq_001/events/left/events.h5")
     b = DsecEventsReader(copy / "target/seq_001/events/left/events.h5")
     ea, eb = a.read_index(0, a.info().events), b.read_index(0, b.info().events)

@@ -26,6 +26,7 @@ build resumes by redoing only unfinished sequences.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -163,9 +164,13 @@ def build_world(cfg: WorldConfig, out: str | Path, *, device: str = "cpu",
     out.mkdir(parents=True, exist_ok=True)
     resolved = world_yaml(cfg)
     config_file = out / "world.yaml"
-    if config_file.exists() and config_file.read_text() != resolved:
-        raise ValueError(f"{out} holds a world built from another config; use a new folder")
-    config_file.write_text(resolved)
+    if config_file.exists():
+        if config_file.read_text() != resolved:
+            raise ValueError(f"{out} holds a world built from another config; use a new folder")
+    else:  # written whole or not at all: processes sharing a world read it while one builds
+        tmp = config_file.with_name(f"world.yaml.{os.getpid()}.partial")
+        tmp.write_text(resolved)
+        tmp.replace(config_file)
     jobs = [("source", cfg.source, i) for i in range(cfg.source.sequences)]
     jobs += [("target", cfg.target, i) for i in range(cfg.target.sequences)]
     for variant in cfg.variants:
