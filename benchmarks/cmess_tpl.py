@@ -51,12 +51,10 @@ def keep_mask(label: torch.Tensor, conf: torch.Tensor, k: int, rule: str, value:
               fraction: float, agree: torch.Tensor) -> torch.Tensor:
     """Pixels kept by CMESS's rule `rule` ("fixed" / "share" at `value`, class_fraction
     `fraction`); "agree": the fixed rule where both paths' argmax also agree."""
-    share = rule == "share"
-    cfg = CmessConfig(confidence_rule="share" if share else "fixed",
-                      confidence=0.7 if share else value, keep_share=value if share else 0.5,
-                      class_fraction=fraction)
-    keep = conf >= confidence_floor(conf, cfg)
-    return keep_pseudo_labels(label, conf, k, cfg, keep & agree if rule == "agree" else keep)
+    cfg = (CmessConfig(confidence_rule="share", keep_share=value, class_fraction=fraction)
+           if rule == "share" else CmessConfig(confidence=value, class_fraction=fraction))
+    keep = (conf >= confidence_floor(conf, cfg)) & agree if rule == "agree" else None
+    return keep_pseudo_labels(label, conf, k, cfg, keep)
 
 
 def score(label: torch.Tensor, keep: torch.Tensor, truth: torch.Tensor, k: int) -> dict:
